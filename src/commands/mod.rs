@@ -1,0 +1,27 @@
+//! One module per `wfm` subcommand.
+
+mod system;
+
+use crate::cli::{Cli, Command};
+use crate::config::Config;
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut config = Config::load(cli.global.config.as_deref())?;
+    apply_global_overrides(&mut config, &cli.global);
+    match cli.command {
+        Command::Up { broker } => system::up(config, &broker).await,
+        Command::Broker { broker } => system::broker_only(config, &broker).await,
+    }
+}
+
+fn apply_global_overrides(config: &mut Config, global: &crate::cli::GlobalArgs) {
+    if let Some(brokers) = &global.brokers {
+        config.kafka.brokers = brokers.clone();
+    }
+    if let Some(prefix) = &global.topic_prefix {
+        config.kafka.topic_prefix = prefix.clone();
+    }
+    for (key, value) in &global.kafka_properties {
+        config.kafka.client.insert(key.clone(), value.clone());
+    }
+}
