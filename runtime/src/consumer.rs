@@ -440,7 +440,7 @@ impl<'a> Session<'a> {
     }
 
     async fn handle_with_retry<H: Handler>(
-        &self,
+        &mut self,
         handler: &mut H,
         message: &rdkafka::message::OwnedMessage,
         delivery: &Delivery<H::Message>,

@@ -8,10 +8,12 @@ pub mod config;
 pub mod consumer;
 pub mod error;
 pub mod producer;
+pub mod service;
 pub mod status;
 
 pub use config::{KafkaConfig, RetryConfig};
 pub use consumer::{run, ConsumerSpec, Context, Delivery, Handler, TopicPartition};
 pub use error::{Disposition, WfmError};
 pub use producer::{Outgoing, Producer};
+pub use service::Service;
 pub use status::{ConsumerSnapshot, ConsumerState, Registry};

@@ -177,6 +177,10 @@ impl Registry {
         status
     }
 
+    pub fn get(&self, name: &str) -> Option<Arc<ConsumerStatus>> {
+        self.consumers.get(name).map(|c| c.clone())
+    }
+
     pub fn snapshots(&self) -> Vec<ConsumerSnapshot> {
         let mut all: Vec<_> = self.consumers.iter().map(|c| c.snapshot()).collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));

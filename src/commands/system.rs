@@ -2,14 +2,16 @@
 //! configured, the topics, then the components, until Ctrl-C or SIGTERM.
 
 use anyhow::Context as _;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{error, info};
 use wfm_broker::{EmbeddedBroker, Storage};
+use wfm_runtime::{Registry, Service};
 
 use crate::cli::BrokerArgs;
 use crate::config::Config;
 
-/// A running broker connection: the embedded broker, if any, lives as long as this.
+/// A connection to the cluster: the embedded broker, if any, lives as long as this.
 pub struct Cluster {
     pub config: Config,
     _embedded: Option<EmbeddedBroker>,
@@ -17,7 +19,7 @@ pub struct Cluster {
 
 impl Cluster {
     /// Starts the embedded broker unless an external one is configured, then provisions topics.
-    pub async fn connect(mut config: Config, args: &BrokerArgs) -> anyhow::Result<Self> {
+    pub async fn start(mut config: Config, args: &BrokerArgs) -> anyhow::Result<Self> {
         if let Some(addr) = args.broker_addr {
             config.broker.addr = addr;
         }
@@ -38,6 +40,19 @@ impl Cluster {
             info!(brokers = %config.kafka.brokers, "using external Kafka cluster");
             None
         };
+        Self::provision(config, embedded).await
+    }
+
+    /// For a single component: joins a running cluster (by default the one
+    /// `wfm up` or `wfm broker` runs on this machine) and never starts a broker.
+    pub async fn join(mut config: Config) -> anyhow::Result<Self> {
+        if config.wants_embedded_broker() {
+            config.use_embedded_broker();
+        }
+        Self::provision(config, None).await
+    }
+
+    async fn provision(config: Config, embedded: Option<EmbeddedBroker>) -> anyhow::Result<Self> {
         let topics = wfm_runtime::admin::ensure_topics(&config.kafka)
             .await
             .context("provisioning topics")?;
@@ -47,6 +62,23 @@ impl Cluster {
             config,
             _embedded: embedded,
         })
+    }
+
+    pub fn service(
+        &self,
+        registry: &Registry,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Service> {
+        Ok(Service::new(
+            self.config.kafka.clone(),
+            registry.clone(),
+            shutdown.clone(),
+        )?)
+    }
+
+    /// One line on stdout that scripts and tests wait for.
+    pub fn announce_ready(&self) {
+        println!("wfm ready brokers={}", self.config.kafka.brokers);
     }
 }
 
@@ -67,23 +99,40 @@ pub fn shutdown_signal() -> CancellationToken {
     token
 }
 
-fn announce_ready(cluster: &Cluster) {
-    // One line on stdout that scripts and tests wait for.
-    println!("wfm ready brokers={}", cluster.config.kafka.brokers);
+/// Runs component tasks until shutdown; the first one to fail stops the rest.
+pub async fn supervise(
+    mut components: JoinSet<(&'static str, anyhow::Result<()>)>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut outcome = Ok(());
+    while let Some(joined) = components.join_next().await {
+        let (name, result) = joined.context("component task panicked")?;
+        if let Err(e) = result {
+            error!(component = name, error = %e, "component failed");
+            if outcome.is_ok() {
+                outcome = Err(e.context(format!("component {name}")));
+            }
+            shutdown.cancel();
+        }
+    }
+    outcome
 }
 
 pub async fn broker_only(config: Config, args: &BrokerArgs) -> anyhow::Result<()> {
     let shutdown = shutdown_signal();
-    let cluster = Cluster::connect(config, args).await?;
-    announce_ready(&cluster);
+    let cluster = Cluster::start(config, args).await?;
+    cluster.announce_ready();
     shutdown.cancelled().await;
     Ok(())
 }
 
 pub async fn up(config: Config, args: &BrokerArgs) -> anyhow::Result<()> {
     let shutdown = shutdown_signal();
-    let cluster = Cluster::connect(config, args).await?;
-    announce_ready(&cluster);
-    shutdown.cancelled().await;
-    Ok(())
+    let cluster = Cluster::start(config, args).await?;
+    let registry = Registry::default();
+    let _service = cluster.service(&registry, &shutdown)?;
+    let components = JoinSet::new();
+    // Each component is added here as `components.spawn(async move { ("name", run(..).await) })`.
+    cluster.announce_ready();
+    supervise(components, shutdown).await
 }

@@ -1,0 +1,168 @@
+//! Test harness: a real broker (the `wfm broker` binary, in-memory, on a free
+//! port) per test, `wfm` component processes that can be killed with SIGKILL,
+//! and helpers to read what landed on a topic.
+
+use std::net::TcpListener;
+use std::process::Stdio;
+use std::time::Duration;
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message as _;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use wfm_protocol::{Envelope, Topic};
+use wfm_runtime::{KafkaConfig, RetryConfig};
+
+pub const WFM: &str = env!("CARGO_BIN_EXE_wfm");
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A `wfm` process; killed with SIGKILL when dropped.
+pub struct WfmProcess {
+    pub child: Child,
+}
+
+impl WfmProcess {
+    /// Spawns `wfm <args>` against the broker and waits for its `wfm ready` line.
+    pub async fn spawn(args: &[&str], kafka: Option<&KafkaConfig>) -> Self {
+        let mut command = Command::new(WFM);
+        command
+            .args(args)
+            .env("WFM_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        if let Some(kafka) = kafka {
+            command.env("WFM_KAFKA_BROKERS", &kafka.brokers);
+            command.env("WFM_TOPIC_PREFIX", &kafka.topic_prefix);
+            for (key, value) in &kafka.client {
+                command.arg("-X").arg(format!("{key}={value}"));
+            }
+        }
+        let mut child = command.spawn().expect("wfm binary spawns");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.starts_with("wfm ready") {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert_eq!(ready, Ok(true), "wfm {args:?} did not become ready");
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Self { child }
+    }
+
+    /// SIGKILL: no shutdown hook runs, nothing is flushed or committed.
+    pub async fn kill(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// A broker of its own for one test, with every topic provisioned.
+pub struct TestBroker {
+    pub kafka: KafkaConfig,
+    _process: WfmProcess,
+}
+
+impl TestBroker {
+    pub async fn start() -> Self {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let process =
+            WfmProcess::spawn(&["broker", "--ephemeral", "--broker-addr", &addr], None).await;
+        let mut kafka = KafkaConfig {
+            brokers: addr,
+            retry: RetryConfig {
+                initial_ms: 10,
+                max_ms: 200,
+                max_attempts: 4,
+            },
+            ..KafkaConfig::default()
+        };
+        kafka.tune_for_embedded_broker();
+        Self {
+            kafka,
+            _process: process,
+        }
+    }
+
+    pub fn topic(&self, topic: Topic) -> String {
+        self.kafka.topics().name(topic)
+    }
+}
+
+/// One record read back from a topic.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<String>,
+    pub value: Option<Vec<u8>>,
+}
+
+impl Record {
+    pub fn envelope(&self) -> Option<Envelope> {
+        Envelope::decode(self.value.as_deref()?, usize::MAX).ok()
+    }
+}
+
+/// Reads every partition of `topic` from the beginning until `done` holds for
+/// what was read, or `timeout` passes; returns what was read either way.
+pub async fn read_topic(
+    kafka: &KafkaConfig,
+    topic: &str,
+    timeout: Duration,
+    done: impl Fn(&[Record]) -> bool,
+) -> Vec<Record> {
+    let mut config = wfm_runtime::producer::client_config(kafka, &Default::default());
+    config
+        .set("group.id", format!("test-reader-{}", rand::random::<u64>()))
+        .set("enable.auto.commit", "false");
+    let consumer: StreamConsumer = config.create().expect("reader");
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..kafka.partitions_of(kafka.topics().parse(topic).expect("a wfm topic")) {
+        assignment
+            .add_partition_offset(topic, partition, Offset::Beginning)
+            .expect("partition");
+    }
+    consumer.assign(&assignment).expect("assign");
+    let mut records = Vec::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !done(&records) {
+        match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Ok(Ok(m)) => records.push(Record {
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                value: m.payload().map(<[u8]>::to_vec),
+            }),
+            Ok(Err(error)) => panic!("reading {topic}: {error}"),
+            Err(_) => break,
+        }
+    }
+    records
+}
+
+/// Polls `check` every 50 ms until it holds or `timeout` passes.
+pub async fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

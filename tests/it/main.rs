@@ -1,0 +1,5 @@
+//! Integration tests: every one runs against a real Kafka-protocol broker.
+
+mod broker;
+mod harness;
+mod runtime;
