@@ -16,13 +16,14 @@ pub enum Topic {
     HubState,
     ResourcesState,
     CoordinatorState,
+    SpeakerState,
     Topology,
     History,
     Dlq,
 }
 
 impl Topic {
-    pub const ALL: [Topic; 13] = [
+    pub const ALL: [Topic; 14] = [
         Topic::Hub,
         Topic::Resources,
         Topic::SpeakerWorker,
@@ -33,6 +34,7 @@ impl Topic {
         Topic::HubState,
         Topic::ResourcesState,
         Topic::CoordinatorState,
+        Topic::SpeakerState,
         Topic::Topology,
         Topic::History,
         Topic::Dlq,
@@ -51,6 +53,7 @@ impl Topic {
             Topic::HubState => "hub.state",
             Topic::ResourcesState => "resources.state",
             Topic::CoordinatorState => "coordinator.state",
+            Topic::SpeakerState => "speaker-worker.state",
             Topic::Topology => "topology",
             Topic::History => "history",
             Topic::Dlq => "dlq",
@@ -65,6 +68,7 @@ impl Topic {
                 | Topic::HubState
                 | Topic::ResourcesState
                 | Topic::CoordinatorState
+                | Topic::SpeakerState
                 | Topic::Topology
         )
     }
@@ -78,6 +82,7 @@ impl Topic {
             Topic::Hub => Some(Topic::HubState),
             Topic::Resources => Some(Topic::ResourcesState),
             Topic::Coordinator => Some(Topic::CoordinatorState),
+            Topic::SpeakerWorker => Some(Topic::SpeakerState),
             _ => None,
         }
     }

@@ -1,0 +1,193 @@
+//! Flow delete, after OpenKilda's FlowDeleteFsm:
+//!
+//! ```text
+//! Initialized ─▶ RemovingRules ─▶ DeallocatingResources ─▶ Finished (flow removed)
+//!      │          (every rule;      (RemovingFlow is the tombstone written
+//!      ▼           failures are      on the way to Finished)
+//!   Rejected       reported, not fatal)
+//!                      │ timeout, retries used up     │ timeout, retries used up
+//!                      ▼                              ▼
+//!               FinishedWithError (RevertingFlowStatus: the flow gets its previous status back)
+//! ```
+
+use serde::{Deserialize, Serialize};
+use statig::prelude::*;
+use wfm_protocol::flow::FlowStatus;
+use wfm_protocol::northbound::RequestErrorKind;
+use wfm_protocol::resources::Allocated;
+
+use super::{state_name, Ctx, Effect, Event, RequestCore};
+use crate::rules::{self, FlowRules};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeleteFlow {
+    pub core: RequestCore,
+    /// Status to restore if the delete fails.
+    pub previous_status: Option<FlowStatus>,
+    pub problems: Vec<String>,
+}
+
+#[state_machine(
+    initial = "State::initialized()",
+    state(derive(Debug, Clone, PartialEq, Serialize, Deserialize)),
+    after_transition = "Self::after_transition"
+)]
+impl DeleteFlow {
+    #[state]
+    fn initialized(&mut self, context: &mut Ctx, event: &Event) -> Outcome<State> {
+        match event {
+            Event::Start { existing: None } => {
+                let message = format!("flow {} not found", self.core.flow_id);
+                self.core
+                    .reject(context, RequestErrorKind::NotFound, message);
+                Transition(State::rejected())
+            }
+            Event::Start {
+                existing: Some(flow),
+            } => {
+                self.previous_status = Some(flow.status);
+                let mut flow = flow.clone();
+                flow.status = FlowStatus::InProgress;
+                flow.last_request_id = self.core.request_id.clone();
+                flow.updated_at = context.now;
+                self.core.save_flow(context, flow);
+                self.core.accept(context);
+                self.remove_rules(context);
+                Transition(State::removing_rules())
+            }
+            _ => Handled,
+        }
+    }
+
+    #[state]
+    fn removing_rules(&mut self, context: &mut Ctx, event: &Event) -> Outcome<State> {
+        match event {
+            Event::JobCompleted(job) if self.core.is_awaited(job) => {
+                // The worker already retried each command; what still failed is
+                // reported and the delete goes on, as OpenKilda's does.
+                for failure in job.failures() {
+                    self.core
+                        .history(context, "rule_not_removed", failure.clone());
+                    self.problems.push(failure);
+                }
+                self.core.retries = 0;
+                self.core.await_deallocation(context);
+                Transition(State::deallocating_resources())
+            }
+            Event::Timeout { step } if self.core.is_current_timeout(*step) => {
+                if self.core.may_retry(context) {
+                    self.remove_rules(context);
+                    Handled
+                } else {
+                    self.revert(context, "rule removal timed out");
+                    Transition(State::finished_with_error())
+                }
+            }
+            _ => Handled,
+        }
+    }
+
+    #[state]
+    fn deallocating_resources(&mut self, context: &mut Ctx, event: &Event) -> Outcome<State> {
+        match event {
+            Event::Deallocated { request_id } if self.core.owns(request_id) => {
+                self.core.finish(context);
+                context.effects.push(Effect::RemoveFlow);
+                self.core
+                    .history(context, "flow_removed", self.problems.join("; "));
+                let message = if self.problems.is_empty() {
+                    "flow deleted".to_owned()
+                } else {
+                    format!("flow deleted; {}", self.problems.join("; "))
+                };
+                self.core.reply_finished(context, true, None, message);
+                Transition(State::finished())
+            }
+            Event::Timeout { step } if self.core.is_current_timeout(*step) => {
+                if self.core.may_retry(context) {
+                    self.core.await_deallocation(context);
+                    Handled
+                } else {
+                    self.revert(context, "resource deallocation timed out");
+                    Transition(State::finished_with_error())
+                }
+            }
+            _ => Handled,
+        }
+    }
+
+    #[state]
+    fn finished(event: &Event) -> Outcome<State> {
+        let _ = event;
+        Handled
+    }
+
+    #[state]
+    fn finished_with_error(event: &Event) -> Outcome<State> {
+        let _ = event;
+        Handled
+    }
+
+    #[state]
+    fn rejected(event: &Event) -> Outcome<State> {
+        let _ = event;
+        Handled
+    }
+}
+
+impl DeleteFlow {
+    pub fn new(core: RequestCore) -> Self {
+        Self {
+            core,
+            previous_status: None,
+            problems: Vec::new(),
+        }
+    }
+
+    fn after_transition(&mut self, source: &State, target: &State, context: &mut Ctx) {
+        self.core
+            .transition_history(context, state_name(source), state_name(target));
+    }
+
+    fn rules(&self) -> FlowRules {
+        let Some(flow) = &self.core.flow else {
+            return FlowRules::default();
+        };
+        match (&flow.path, &flow.resources) {
+            (Some(path), Some(resources)) => FlowRules::of(
+                &flow.spec,
+                &Allocated {
+                    request_id: self.core.request_id.clone(),
+                    flow_id: flow.spec.flow_id.clone(),
+                    path: path.clone(),
+                    resources: resources.clone(),
+                },
+            ),
+            _ => FlowRules::default(),
+        }
+    }
+
+    fn remove_rules(&mut self, context: &mut Ctx) {
+        let rules = self.rules();
+        self.core
+            .await_job(context, "remove-rules", rules::remove(rules.all()), true);
+    }
+
+    /// RevertingFlowStatus: the flow gets back the status it had before the delete.
+    fn revert(&mut self, context: &mut Ctx, reason: &str) {
+        self.core.finish(context);
+        self.problems.push(reason.to_owned());
+        let status = self.previous_status.unwrap_or(FlowStatus::Down);
+        let info = format!("delete failed: {}", self.problems.join("; "));
+        self.core.set_status(context, status, Some(info.clone()));
+        self.core
+            .reply_finished(context, false, self.core.flow.clone(), info);
+    }
+}
+
+pub fn is_terminal(state: &State) -> bool {
+    matches!(
+        state,
+        State::Finished {} | State::FinishedWithError {} | State::Rejected {}
+    )
+}

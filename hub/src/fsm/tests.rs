@@ -1,0 +1,468 @@
+//! Every transition of both machines, without Kafka.
+
+use wfm_protocol::flow::{FlowRecord, FlowStatus};
+use wfm_protocol::northbound::{NorthboundReply, RequestErrorKind};
+use wfm_protocol::resources::{AllocationErrorCode, AllocationFailed, ReplyTo};
+use wfm_protocol::speaker::{JobCompleted, OperationOutcome, OperationResult, SwitchOperation};
+use wfm_protocol::switch::SwitchErrorCode;
+
+use super::*;
+use crate::rules::tests::{allocation, endpoint, spec, three_switch_path};
+
+const T: Timeouts = Timeouts {
+    request_ms: 30_000,
+    step_ms: 10_000,
+    rollback_ms: 5_000,
+    rollback_retries: 2,
+};
+
+fn core() -> RequestCore {
+    let reply_to = ReplyTo {
+        topic: "wfm.northbound".into(),
+        key: "corr".into(),
+    };
+    RequestCore::new("r1", "corr", "f1", reply_to, 0, &T)
+}
+
+struct Driver {
+    request: Request,
+    now: i64,
+}
+
+impl Driver {
+    fn feed(&mut self, event: Event) -> Vec<Effect> {
+        self.now += 1;
+        let mut ctx = Ctx::new(self.now, T);
+        self.request.handle(&event, &mut ctx);
+        ctx.effects
+    }
+
+    fn state(&self) -> String {
+        self.request.state()
+    }
+}
+
+fn create_driver(
+    from: wfm_protocol::flow::FlowEndpoint,
+    to: wfm_protocol::flow::FlowEndpoint,
+) -> Driver {
+    Driver {
+        request: Request::create(core(), spec(from, to)),
+        now: 0,
+    }
+}
+
+fn job(effects: &[Effect]) -> (String, Vec<SwitchOperation>) {
+    effects
+        .iter()
+        .find_map(|e| match e {
+            Effect::RunJob {
+                job_id, operations, ..
+            } => Some((job_id.clone(), operations.clone())),
+            _ => None,
+        })
+        .expect("a job was dispatched")
+}
+
+fn step_armed(effects: &[Effect]) -> u32 {
+    effects
+        .iter()
+        .find_map(|e| match e {
+            Effect::ArmTimeout { step, .. } => Some(*step),
+            _ => None,
+        })
+        .expect("a timer was armed")
+}
+
+fn completed(effects: &[Effect], failing: Option<usize>) -> Event {
+    let (job_id, operations) = job(effects);
+    let results = operations
+        .iter()
+        .enumerate()
+        .map(|(i, op)| OperationResult {
+            switch_id: op.switch_id.clone(),
+            cookie: op.cookie(),
+            outcome: if Some(i) == failing {
+                OperationOutcome::Failed {
+                    code: Some(SwitchErrorCode::BadOutPort),
+                    message: "no such port".into(),
+                }
+            } else {
+                OperationOutcome::Done
+            },
+            attempts: 1,
+        })
+        .collect();
+    Event::JobCompleted(JobCompleted {
+        job_id,
+        flow_id: "f1".into(),
+        request_id: "r1".into(),
+        results,
+    })
+}
+
+fn saved_status(effects: &[Effect]) -> Option<FlowStatus> {
+    effects.iter().rev().find_map(|e| match e {
+        Effect::SaveFlow(flow) => Some(flow.status),
+        _ => None,
+    })
+}
+
+fn reply(effects: &[Effect]) -> Option<&NorthboundReply> {
+    effects.iter().find_map(|e| match e {
+        Effect::Reply(r) => Some(r),
+        _ => None,
+    })
+}
+
+fn allocated() -> Event {
+    Event::Allocated(allocation(three_switch_path()))
+}
+
+fn create_state(d: &Driver) -> String {
+    d.state()
+}
+
+/// Drives a three-switch create up to the given number of successful jobs.
+fn create_until(jobs_ok: usize) -> (Driver, Vec<Effect>) {
+    let mut d = create_driver(endpoint("A", 10, 100), endpoint("C", 20, 0));
+    d.feed(Event::Start { existing: None });
+    let mut effects = d.feed(allocated());
+    for _ in 0..jobs_ok {
+        let event = completed(&effects, None);
+        effects = d.feed(event);
+    }
+    (d, effects)
+}
+
+#[test]
+fn create_walks_every_forward_state_to_up() {
+    let mut d = create_driver(endpoint("A", 10, 100), endpoint("C", 20, 0));
+    let effects = d.feed(Event::Start { existing: None });
+    assert!(effects.iter().any(|e| matches!(e, Effect::Allocate { .. })));
+    assert_eq!(create_state(&d), "Validated");
+
+    let effects = d.feed(allocated());
+    assert_eq!(saved_status(&effects), Some(FlowStatus::InProgress));
+    assert!(matches!(
+        reply(&effects),
+        Some(NorthboundReply::RequestAccepted { .. })
+    ));
+    assert_eq!(create_state(&d), "InstallingNonIngress");
+    assert_eq!(
+        job(&effects).1.len(),
+        4,
+        "transit and egress, both directions"
+    );
+
+    let mut effects = effects;
+    for expected in [
+        "ValidatingNonIngress",
+        "InstallingIngress",
+        "ValidatingIngress",
+        "Finished",
+    ] {
+        let event = completed(&effects, None);
+        effects = d.feed(event);
+        assert_eq!(create_state(&d), expected);
+    }
+    assert_eq!(saved_status(&effects), Some(FlowStatus::Up));
+    assert!(matches!(
+        reply(&effects),
+        Some(NorthboundReply::RequestFinished {
+            succeeded: true,
+            ..
+        })
+    ));
+    assert!(d.request.is_terminal());
+    // The last wait's timer is cancelled and no new one is armed.
+    assert!(effects
+        .iter()
+        .any(|e| matches!(e, Effect::CancelTimeout { .. })));
+    assert!(!effects
+        .iter()
+        .any(|e| matches!(e, Effect::ArmTimeout { .. })));
+}
+
+#[test]
+fn one_switch_create_skips_non_ingress() {
+    let mut d = create_driver(endpoint("A", 10, 100), endpoint("A", 11, 200));
+    d.feed(Event::Start { existing: None });
+    let mut alloc = allocation(Default::default());
+    alloc.path = Default::default();
+    let effects = d.feed(Event::Allocated(alloc));
+    assert_eq!(create_state(&d), "InstallingIngress");
+    let effects = d.feed(completed(&effects, None));
+    assert_eq!(create_state(&d), "ValidatingIngress");
+    d.feed(completed(&effects, None));
+    assert_eq!(create_state(&d), "Finished");
+}
+
+#[test]
+fn create_of_an_existing_flow_is_rejected_with_conflict() {
+    let mut d = create_driver(endpoint("A", 1, 0), endpoint("B", 1, 0));
+    let existing = flow_record(FlowStatus::Up);
+    let effects = d.feed(Event::Start {
+        existing: Some(existing),
+    });
+    assert!(matches!(
+        reply(&effects),
+        Some(NorthboundReply::RequestRejected { error, .. }) if error.kind == RequestErrorKind::Conflict
+    ));
+    assert_eq!(create_state(&d), "Rejected");
+    assert!(!effects
+        .iter()
+        .any(|e| matches!(e, Effect::SaveFlow(_) | Effect::Allocate { .. })));
+}
+
+#[test]
+fn allocation_failure_rejects_without_writing_anything() {
+    let mut d = create_driver(endpoint("A", 1, 0), endpoint("Z", 1, 0));
+    d.feed(Event::Start { existing: None });
+    let effects = d.feed(Event::AllocationFailed(AllocationFailed {
+        request_id: "r1".into(),
+        flow_id: "f1".into(),
+        code: AllocationErrorCode::UnknownSwitch,
+        message: "switch Z not found".into(),
+    }));
+    assert!(matches!(
+        reply(&effects),
+        Some(NorthboundReply::RequestRejected { error, .. }) if error.kind == RequestErrorKind::NotFound
+    ));
+    assert_eq!(create_state(&d), "Rejected");
+    assert_eq!(saved_status(&effects), None);
+}
+
+#[test]
+fn a_failed_install_rolls_back_to_down() {
+    let (mut d, effects) = create_until(2);
+    assert_eq!(create_state(&d), "InstallingIngress");
+    let effects = d.feed(completed(&effects, Some(0)));
+    assert_eq!(create_state(&d), "RemovingRules");
+    let (_, removals) = job(&effects);
+    assert_eq!(removals.len(), 6, "every rule of the flow is removed");
+
+    let effects = d.feed(completed(&effects, None));
+    assert_eq!(create_state(&d), "DeallocatingResources");
+    assert!(effects.iter().any(|e| matches!(e, Effect::Deallocate)));
+
+    let effects = d.feed(Event::Deallocated {
+        request_id: "r1".into(),
+    });
+    assert_eq!(create_state(&d), "FinishedWithError");
+    assert_eq!(saved_status(&effects), Some(FlowStatus::Down));
+    assert!(matches!(
+        reply(&effects),
+        Some(NorthboundReply::RequestFinished { succeeded: false, message, .. }) if message.contains("BAD_OUT_PORT")
+    ));
+}
+
+#[test]
+fn a_timeout_in_any_forward_state_rolls_back() {
+    for jobs_ok in 0..4 {
+        let (mut d, effects) = create_until(jobs_ok);
+        let step = step_armed(&effects);
+        d.feed(Event::Timeout { step });
+        assert_eq!(create_state(&d), "RemovingRules", "after {jobs_ok} jobs");
+    }
+}
+
+#[test]
+fn stale_timeouts_and_job_results_are_ignored() {
+    let (mut d, first) = create_until(0);
+    let stale_step = step_armed(&first);
+    d.feed(completed(&first, None));
+    assert_eq!(create_state(&d), "ValidatingNonIngress");
+    // The timer of the previous step and a duplicate of its result do nothing.
+    assert!(d.feed(Event::Timeout { step: stale_step }).is_empty());
+    assert!(d.feed(completed(&first, None)).is_empty());
+    assert_eq!(create_state(&d), "ValidatingNonIngress");
+    // Another request's allocation does nothing either.
+    let mut other = allocation(three_switch_path());
+    other.request_id = "r2".into();
+    assert!(d.feed(Event::Allocated(other)).is_empty());
+}
+
+#[test]
+fn allocation_timeout_frees_resources_it_may_have_got() {
+    let mut d = create_driver(endpoint("A", 1, 0), endpoint("C", 1, 0));
+    let effects = d.feed(Event::Start { existing: None });
+    let effects = d.feed(Event::Timeout {
+        step: step_armed(&effects),
+    });
+    assert_eq!(create_state(&d), "DeallocatingResources");
+    assert!(matches!(
+        reply(&effects),
+        Some(NorthboundReply::RequestRejected { .. })
+    ));
+    let effects = d.feed(Event::Deallocated {
+        request_id: "r1".into(),
+    });
+    assert_eq!(create_state(&d), "FinishedWithError");
+    // No flow record was ever written, so there is none to mark DOWN.
+    assert_eq!(saved_status(&effects), None);
+}
+
+#[test]
+fn rollback_has_its_own_timeouts_and_always_terminates() {
+    let (mut d, effects) = create_until(1);
+    let effects = d.feed(Event::Timeout {
+        step: step_armed(&effects),
+    });
+    assert_eq!(create_state(&d), "RemovingRules");
+    // Removal never answers: retried, then given up on.
+    let mut effects = effects;
+    for _ in 0..T.rollback_retries {
+        effects = d.feed(Event::Timeout {
+            step: step_armed(&effects),
+        });
+        assert_eq!(create_state(&d), "RemovingRules");
+    }
+    effects = d.feed(Event::Timeout {
+        step: step_armed(&effects),
+    });
+    assert_eq!(create_state(&d), "DeallocatingResources");
+    for _ in 0..T.rollback_retries {
+        effects = d.feed(Event::Timeout {
+            step: step_armed(&effects),
+        });
+        assert_eq!(create_state(&d), "DeallocatingResources");
+    }
+    let effects = d.feed(Event::Timeout {
+        step: step_armed(&effects),
+    });
+    assert_eq!(create_state(&d), "FinishedWithError");
+    assert_eq!(saved_status(&effects), Some(FlowStatus::Failed));
+}
+
+#[test]
+fn forward_timers_never_outlive_the_request_deadline() {
+    let (_, effects) = create_until(0);
+    for effect in &effects {
+        if let Effect::ArmTimeout { deadline, .. } = effect {
+            assert!(*deadline <= T.request_ms);
+        }
+    }
+}
+
+#[test]
+fn every_transition_is_in_the_history() {
+    let (_, effects) = create_until(1);
+    let transitions: Vec<_> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::History {
+                action,
+                from_state,
+                to_state,
+                ..
+            } if action == "transition" => {
+                Some((from_state.clone().unwrap(), to_state.clone().unwrap()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        transitions,
+        [(
+            "InstallingNonIngress".to_string(),
+            "ValidatingNonIngress".to_string()
+        )]
+    );
+}
+
+#[test]
+fn a_machine_survives_a_snapshot_round_trip_mid_flight() {
+    let (d, effects) = create_until(1);
+    let json = serde_json::to_string(&d.request).unwrap();
+    let request: Request = serde_json::from_str(&json).unwrap();
+    let mut restored = Driver {
+        request,
+        now: d.now,
+    };
+    assert_eq!(create_state(&restored), "ValidatingNonIngress");
+    restored.feed(completed(&effects, None));
+    assert_eq!(create_state(&restored), "InstallingIngress");
+}
+
+fn flow_record(status: FlowStatus) -> FlowRecord {
+    let alloc = allocation(three_switch_path());
+    FlowRecord {
+        spec: spec(endpoint("A", 10, 100), endpoint("C", 20, 0)),
+        status,
+        status_info: None,
+        path: Some(alloc.path),
+        resources: Some(alloc.resources),
+        last_request_id: "r0".into(),
+        created_at: 0,
+        updated_at: 0,
+    }
+}
+
+fn delete_driver() -> Driver {
+    Driver {
+        request: Request::delete(core()),
+        now: 0,
+    }
+}
+
+#[test]
+fn delete_removes_rules_frees_resources_and_the_flow() {
+    let mut d = delete_driver();
+    let effects = d.feed(Event::Start {
+        existing: Some(flow_record(FlowStatus::Up)),
+    });
+    assert_eq!(d.state(), "RemovingRules");
+    assert_eq!(saved_status(&effects), Some(FlowStatus::InProgress));
+    assert_eq!(job(&effects).1.len(), 6);
+    d.feed(completed(&effects, None));
+    assert_eq!(d.state(), "DeallocatingResources");
+    let effects = d.feed(Event::Deallocated {
+        request_id: "r1".into(),
+    });
+    assert_eq!(d.state(), "Finished");
+    assert!(effects.iter().any(|e| matches!(e, Effect::RemoveFlow)));
+    assert!(d.request.is_terminal());
+}
+
+#[test]
+fn delete_continues_past_a_failed_removal_and_reports_it() {
+    let mut d = delete_driver();
+    let effects = d.feed(Event::Start {
+        existing: Some(flow_record(FlowStatus::Up)),
+    });
+    d.feed(completed(&effects, Some(2)));
+    assert_eq!(d.state(), "DeallocatingResources");
+    let effects = d.feed(Event::Deallocated {
+        request_id: "r1".into(),
+    });
+    assert!(matches!(
+        reply(&effects),
+        Some(NorthboundReply::RequestFinished { succeeded: true, message, .. }) if message.contains("BAD_OUT_PORT")
+    ));
+}
+
+#[test]
+fn delete_of_an_unknown_flow_is_not_found() {
+    let mut d = delete_driver();
+    let effects = d.feed(Event::Start { existing: None });
+    assert!(matches!(
+        reply(&effects),
+        Some(NorthboundReply::RequestRejected { error, .. }) if error.kind == RequestErrorKind::NotFound
+    ));
+}
+
+#[test]
+fn a_delete_that_times_out_restores_the_previous_status() {
+    let mut d = delete_driver();
+    let mut effects = d.feed(Event::Start {
+        existing: Some(flow_record(FlowStatus::Down)),
+    });
+    for _ in 0..=T.rollback_retries {
+        effects = d.feed(Event::Timeout {
+            step: step_armed(&effects),
+        });
+    }
+    assert_eq!(d.state(), "FinishedWithError");
+    assert_eq!(saved_status(&effects), Some(FlowStatus::Down));
+}
