@@ -1,0 +1,411 @@
+//! The speaker worker's consumer: runs [`JobState`] machines for the jobs of
+//! its `wfm.speaker-worker` partitions and performs their effects as switch
+//! commands, coordinator registers and cancels, and job results.
+//!
+//! Crash safety: every change of a job is written to the compacted
+//! `wfm.speaker-worker.state` changelog (same partition as the job) before
+//! the effects it caused, and all are acknowledged before the input offset is
+//! committed. Whoever owns the partition next restores the jobs, re-sends
+//! every attempt in flight under its id (switch commands are idempotent, a
+//! register replaces the old one) and re-arms backoffs and deadlines, so a
+//! job resumes rather than waiting for the hub's timeout.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tracing::{debug, info, info_span, warn};
+use wfm_coordinator::{CoordinatorClient, Fire};
+use wfm_protocol::speaker::{OperationOutcome, SpeakerMessage, SpeakerReply, SwitchAction};
+use wfm_protocol::switch::{CommandHeader, SwitchCommand};
+use wfm_protocol::{ids, now_ms, Envelope, Topic, Topics};
+use wfm_runtime::{Context, Delivery, Handler, Outgoing, TopicPartition, WfmError};
+
+use crate::job::{Answer, Effect, JobState, RetryPolicy};
+use crate::stats::SpeakerStats;
+
+pub const SOURCE: &str = "speaker";
+
+/// A record of the speaker's changelog, keyed by job id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "payload", rename_all = "snake_case")]
+pub enum SpeakerState {
+    Job(Box<JobState>),
+}
+
+/// What the coordinator hands back with a command's timeout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct TimeoutContext {
+    job_id: String,
+    operation: usize,
+    attempt: u32,
+}
+
+/// Settings of the handler that are not Kafka's.
+#[derive(Debug, Clone, Copy)]
+pub struct SpeakerSettings {
+    pub policy: RetryPolicy,
+    pub command_timeout: Duration,
+    /// How long a completed job is kept to answer a duplicate delivery with its result.
+    pub completed_retention: Duration,
+}
+
+struct Tracked {
+    state: JobState,
+    partition: i32,
+}
+
+pub struct SpeakerHandler {
+    settings: SpeakerSettings,
+    stats: SpeakerStats,
+    coordinator: CoordinatorClient,
+    topics: Topics,
+    jobs: HashMap<String, Tracked>,
+    /// `(due ms, job id)` of every job's next tick or expiry.
+    timers: BTreeSet<(i64, String)>,
+}
+
+impl SpeakerHandler {
+    pub fn new(topics: Topics, settings: SpeakerSettings, stats: SpeakerStats) -> Self {
+        Self {
+            settings,
+            stats,
+            coordinator: CoordinatorClient::new(topics.clone(), SOURCE),
+            topics,
+            jobs: HashMap::new(),
+            timers: BTreeSet::new(),
+        }
+    }
+
+    /// When the job next needs a tick: a retry, its deadline, or its expiry once completed.
+    fn due(&self, state: &JobState) -> Option<i64> {
+        match state.completed_at {
+            Some(at) => Some(at.saturating_add(millis(self.settings.completed_retention))),
+            None => state.next_tick(),
+        }
+    }
+
+    /// Stores the job and produces its changelog record followed by the records of `effects`.
+    fn commit(
+        &mut self,
+        state: JobState,
+        partition: i32,
+        effects: Vec<Effect>,
+    ) -> Result<Vec<Outgoing>, WfmError> {
+        let job_id = state.job.job_id.clone();
+        if let Some(previous) = self.jobs.get(&job_id).and_then(|t| self.due(&t.state)) {
+            self.timers.remove(&(previous, job_id.clone()));
+        }
+        if let Some(due) = self.due(&state) {
+            self.timers.insert((due, job_id.clone()));
+        }
+        let record = SpeakerState::Job(Box::new(state));
+        let envelope = Envelope::new(&record, SOURCE, "")?;
+        let SpeakerState::Job(state) = record;
+        let mut outputs =
+            vec![
+                Outgoing::envelope(self.topics.name(Topic::SpeakerState), &job_id, &envelope)
+                    .to_partition(partition),
+            ];
+        outputs.extend(self.perform(&state, effects)?);
+        self.jobs.insert(
+            job_id,
+            Tracked {
+                state: *state,
+                partition,
+            },
+        );
+        Ok(outputs)
+    }
+
+    fn perform(&self, state: &JobState, effects: Vec<Effect>) -> Result<Vec<Outgoing>, WfmError> {
+        let job = &state.job;
+        let correlation_id = &state.correlation_id;
+        let mut outputs = Vec::new();
+        for effect in effects {
+            match effect {
+                Effect::Send {
+                    operation,
+                    attempt,
+                    command_id,
+                } => {
+                    self.stats.command_sent(attempt);
+                    let op = state.operation(operation);
+                    debug!(%command_id, attempt, switch_id = %op.switch_id, "command sent");
+                    let header = CommandHeader {
+                        command_id: command_id.clone(),
+                        attempt,
+                        switch_id: op.switch_id.clone(),
+                        reply_topic: self.topics.name(Topic::SpeakerWorker),
+                        reply_key: job.job_id.clone(),
+                    };
+                    let command = match &op.action {
+                        SwitchAction::Install { rule } => SwitchCommand::InstallRule {
+                            header,
+                            rule: rule.clone(),
+                        },
+                        SwitchAction::Remove { cookie } => SwitchCommand::RemoveRule {
+                            header,
+                            cookie: *cookie,
+                        },
+                        SwitchAction::Verify { rule } => SwitchCommand::VerifyRule {
+                            header,
+                            expected: rule.clone(),
+                        },
+                    };
+                    let envelope = Envelope::new(&command, SOURCE, correlation_id)?
+                        .with_message_id(ids::derive(&["switch-command", &command_id]));
+                    outputs.push(Outgoing::envelope(
+                        self.topics.name(Topic::Switch),
+                        &op.switch_id,
+                        &envelope,
+                    ));
+                    let context = TimeoutContext {
+                        job_id: job.job_id.clone(),
+                        operation,
+                        attempt,
+                    };
+                    outputs.push(
+                        self.coordinator
+                            .register(
+                                &callback_key(&command_id),
+                                Fire::After(self.settings.command_timeout),
+                                Topic::SpeakerWorker,
+                                &job.job_id,
+                                &context,
+                                correlation_id,
+                            )
+                            .map_err(|e| WfmError::RequestFailed(e.to_string()))?,
+                    );
+                }
+                Effect::Cancel { command_id } => outputs.push(
+                    self.coordinator
+                        .cancel(&callback_key(&command_id), correlation_id)
+                        .map_err(|e| WfmError::RequestFailed(e.to_string()))?,
+                ),
+                Effect::Complete => {
+                    let failed = state.completed.as_ref().map_or(0, |c| {
+                        c.results
+                            .iter()
+                            .filter(|r| r.outcome != OperationOutcome::Done)
+                            .count()
+                    });
+                    let latency = state.completed_at.unwrap_or(state.started_at) - state.started_at;
+                    self.stats
+                        .job_completed(failed as u64, u64::try_from(latency).unwrap_or(0));
+                    info!(failed, latency_ms = latency, "job completed");
+                    outputs.push(self.result(state)?);
+                }
+            }
+        }
+        Ok(outputs)
+    }
+
+    /// The job's result for the hub; the same message id however often it is sent.
+    fn result(&self, state: &JobState) -> Result<Outgoing, WfmError> {
+        let completed = state
+            .completed
+            .clone()
+            .ok_or_else(|| WfmError::RequestFailed("job result before completion".into()))?;
+        let reply_to = &state.job.reply_to;
+        let envelope = Envelope::new(
+            &SpeakerReply::JobCompleted(completed),
+            SOURCE,
+            &state.correlation_id,
+        )?
+        .with_message_id(ids::derive(&["speaker-job-completed", &state.job.job_id]));
+        Ok(Outgoing::envelope(
+            &reply_to.topic,
+            &reply_to.key,
+            &envelope,
+        ))
+    }
+
+    /// Applies an answer to the job `job_id`, if it is still tracked.
+    fn answer(
+        &mut self,
+        job_id: &str,
+        apply: impl FnOnce(&mut JobState) -> Answer,
+    ) -> Result<Option<Vec<Outgoing>>, WfmError> {
+        let Some(mut tracked) = self.jobs.remove(job_id) else {
+            return Ok(None);
+        };
+        let previous_due = self.due(&tracked.state);
+        match apply(&mut tracked.state) {
+            Answer::Stale => {
+                self.jobs.insert(job_id.to_owned(), tracked);
+                Ok(None)
+            }
+            Answer::Applied(effects) => {
+                if let Some(due) = previous_due {
+                    self.timers.remove(&(due, job_id.to_owned()));
+                }
+                self.commit(tracked.state, tracked.partition, effects)
+                    .map(Some)
+            }
+        }
+    }
+
+    fn run_job(&mut self, delivery: &Delivery<SpeakerMessage>) -> Result<Vec<Outgoing>, WfmError> {
+        let SpeakerMessage::RunJob(job) = &delivery.message else {
+            unreachable!("called for jobs only");
+        };
+        if delivery.key.as_deref() != Some(job.job_id.as_str()) {
+            // Replies are keyed by job id; a job elsewhere would never see them.
+            return Err(WfmError::Rejected(format!(
+                "record key {:?} is not the job id `{}`",
+                delivery.key, job.job_id
+            )));
+        }
+        if let Some(tracked) = self.jobs.get(&job.job_id) {
+            self.stats.duplicate_job();
+            info!(
+                completed = tracked.state.is_completed(),
+                "duplicate job delivery"
+            );
+            return match tracked.state.is_completed() {
+                true => Ok(vec![self.result(&tracked.state)?]),
+                false => Ok(Vec::new()),
+            };
+        }
+        self.stats.job_started();
+        let (state, effects) =
+            JobState::start(job.clone(), &delivery.envelope.correlation_id, now_ms());
+        self.commit(state, delivery.partition, effects)
+    }
+}
+
+fn callback_key(command_id: &str) -> String {
+    format!("speaker/{command_id}")
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+#[async_trait]
+impl Handler for SpeakerHandler {
+    type Message = SpeakerMessage;
+
+    async fn on_assigned(
+        &mut self,
+        ctx: &Context,
+        partitions: &[TopicPartition],
+    ) -> Result<Vec<Outgoing>, WfmError> {
+        let changelog = ctx.topics.name(Topic::SpeakerState);
+        let mut outputs = Vec::new();
+        for (_, partition) in partitions {
+            let records =
+                wfm_runtime::changelog::latest_by_key(&ctx.kafka, &changelog, &[*partition])
+                    .await?;
+            let mut resumed = 0;
+            for (job_id, value) in records {
+                let state = match Envelope::decode(&value, usize::MAX)
+                    .and_then(|e| e.open::<SpeakerState>())
+                {
+                    Ok(SpeakerState::Job(state)) => *state,
+                    Err(error) => {
+                        warn!(%job_id, %error, "undecodable job in changelog skipped");
+                        continue;
+                    }
+                };
+                let effects = state.resend_in_flight();
+                resumed += usize::from(!state.is_completed());
+                let _span = info_span!("job", %job_id, flow_id = %state.job.flow_id).entered();
+                outputs.extend(self.commit(state, *partition, effects)?);
+            }
+            info!(partition, resumed, "speaker jobs restored");
+        }
+        Ok(outputs)
+    }
+
+    async fn on_revoked(&mut self, partitions: &[TopicPartition]) {
+        let revoked: Vec<i32> = partitions.iter().map(|(_, p)| *p).collect();
+        self.jobs
+            .retain(|_, tracked| !revoked.contains(&tracked.partition));
+        let jobs = &self.jobs;
+        self.timers.retain(|(_, job_id)| jobs.contains_key(job_id));
+    }
+
+    async fn handle(
+        &mut self,
+        _ctx: &Context,
+        delivery: &Delivery<SpeakerMessage>,
+    ) -> Result<Vec<Outgoing>, WfmError> {
+        let policy = self.settings.policy;
+        match &delivery.message {
+            SpeakerMessage::RunJob(job) => {
+                let _span =
+                    info_span!("job", job_id = %job.job_id, flow_id = %job.flow_id).entered();
+                self.run_job(delivery)
+            }
+            SpeakerMessage::SwitchReply(reply) => {
+                let job_id = delivery.key.clone().unwrap_or_default();
+                let _span = info_span!("job", %job_id, command_id = %reply.command_id, attempt = reply.attempt).entered();
+                let now = now_ms();
+                let outputs = self.answer(&job_id, |state| {
+                    state.on_reply(&reply.command_id, &reply.result, &policy, now)
+                })?;
+                Ok(outputs.unwrap_or_else(|| {
+                    self.stats.stale_reply();
+                    info!("stale switch reply ignored");
+                    Vec::new()
+                }))
+            }
+            SpeakerMessage::CallbackTimeout(timeout) => {
+                let context: TimeoutContext = serde_json::from_value(timeout.context.clone())
+                    .map_err(|e| WfmError::Rejected(format!("timeout context: {e}")))?;
+                let _span = info_span!("job", job_id = %context.job_id, operation = context.operation, attempt = context.attempt).entered();
+                let now = now_ms();
+                let outputs = self.answer(&context.job_id, |state| {
+                    state.on_timeout(context.operation, context.attempt, &policy, now)
+                })?;
+                Ok(match outputs {
+                    Some(outputs) => {
+                        self.stats.command_timed_out();
+                        info!("command timed out");
+                        outputs
+                    }
+                    None => {
+                        self.stats.stale_timeout();
+                        Vec::new()
+                    }
+                })
+            }
+        }
+    }
+
+    fn next_wakeup(&self) -> Option<tokio::time::Instant> {
+        let (due, _) = self.timers.first()?;
+        let wait = u64::try_from(due - now_ms()).unwrap_or(0);
+        Some(tokio::time::Instant::now() + Duration::from_millis(wait))
+    }
+
+    async fn on_wakeup(&mut self, _ctx: &Context) -> Result<Vec<Outgoing>, WfmError> {
+        let now = now_ms();
+        let mut outputs = Vec::new();
+        while let Some((due, job_id)) = self.timers.first().cloned() {
+            if due > now {
+                break;
+            }
+            self.timers.remove(&(due, job_id.clone()));
+            let Some(tracked) = self.jobs.remove(&job_id) else {
+                continue;
+            };
+            let _span = info_span!("job", %job_id, flow_id = %tracked.state.job.flow_id).entered();
+            if tracked.state.is_completed() {
+                debug!("completed job forgotten");
+                outputs.push(
+                    Outgoing::tombstone(self.topics.name(Topic::SpeakerState), &job_id)
+                        .to_partition(tracked.partition),
+                );
+                continue;
+            }
+            let mut state = tracked.state;
+            let effects = state.on_tick(now);
+            outputs.extend(self.commit(state, tracked.partition, effects)?);
+        }
+        Ok(outputs)
+    }
+}
