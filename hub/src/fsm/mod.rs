@@ -340,19 +340,23 @@ pub struct Request {
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "type", content = "state_machine", rename_all = "snake_case")]
 pub enum Machine {
-    Create(statig::blocking::StateMachine<create::CreateFlow>),
-    Delete(statig::blocking::StateMachine<delete::DeleteFlow>),
+    Create(Box<statig::blocking::StateMachine<create::CreateFlow>>),
+    Delete(Box<statig::blocking::StateMachine<delete::DeleteFlow>>),
 }
 
 impl Request {
     pub fn create(core: RequestCore, spec: FlowSpec) -> Self {
         use statig::blocking::IntoStateMachineExt;
-        Self::new(Machine::Create(create::CreateFlow::new(core, spec).state_machine()))
+        Self::new(Machine::Create(Box::new(
+            create::CreateFlow::new(core, spec).state_machine(),
+        )))
     }
 
     pub fn delete(core: RequestCore) -> Self {
         use statig::blocking::IntoStateMachineExt;
-        Self::new(Machine::Delete(delete::DeleteFlow::new(core).state_machine()))
+        Self::new(Machine::Delete(Box::new(
+            delete::DeleteFlow::new(core).state_machine(),
+        )))
     }
 
     fn new(machine: Machine) -> Self {

@@ -1,0 +1,110 @@
+//! What the hub holds for one inbox partition, and how it is written to and
+//! restored from its changelog (`wfm.hub.state`) and `wfm.flows`.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use wfm_protocol::flow::{FlowRecord, FlowsMessage};
+use wfm_protocol::history::HistoryEvent;
+use wfm_protocol::Envelope;
+
+use crate::fsm::Request;
+
+/// A request in flight, as persisted after every event it handles.
+#[derive(Serialize, Deserialize)]
+pub struct InFlight {
+    pub request: Request,
+    /// The flow's history chain head: (seq, hash) of its latest event. Kept in
+    /// the same record as the request, so the two can never disagree.
+    pub history_head: Option<(u64, String)>,
+    /// The history events of the latest event, resent exactly on resume.
+    pub last_history: Vec<HistoryEvent>,
+}
+
+/// Records of the hub's changelog, keyed `request/<flow id>` or `history/<flow id>`.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "kind", content = "payload", rename_all = "snake_case")]
+pub enum HubStateRecord {
+    RequestSnapshot(Box<InFlight>),
+    /// The chain head of a flow with no request in flight.
+    HistoryHead {
+        seq: u64,
+        hash: String,
+    },
+}
+
+pub fn request_key(flow_id: &str) -> String {
+    format!("request/{flow_id}")
+}
+
+pub fn history_key(flow_id: &str) -> String {
+    format!("history/{flow_id}")
+}
+
+#[derive(Default)]
+pub struct PartitionState {
+    pub flows: HashMap<String, FlowRecord>,
+    pub requests: HashMap<String, InFlight>,
+    pub history_heads: HashMap<String, (u64, String)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("changelog record `{key}` is unreadable: {reason}")]
+pub struct CorruptRecord {
+    pub key: String,
+    pub reason: String,
+}
+
+impl PartitionState {
+    /// Applies one `wfm.flows` record (latest per key wins; a tombstone deletes).
+    pub fn apply_flow(&mut self, key: String, value: Option<&[u8]>) -> Result<(), CorruptRecord> {
+        let Some(value) = value else {
+            self.flows.remove(&key);
+            return Ok(());
+        };
+        let FlowsMessage::FlowRecord(flow) = open(&key, value)?;
+        self.flows.insert(key, flow);
+        Ok(())
+    }
+
+    /// Applies one `wfm.hub.state` record.
+    pub fn apply_state(&mut self, key: String, value: Option<&[u8]>) -> Result<(), CorruptRecord> {
+        let (flow_id, is_request) =
+            match (key.strip_prefix("request/"), key.strip_prefix("history/")) {
+                (Some(flow_id), _) => (flow_id.to_owned(), true),
+                (_, Some(flow_id)) => (flow_id.to_owned(), false),
+                _ => {
+                    return Err(CorruptRecord {
+                        key,
+                        reason: "unknown key prefix".into(),
+                    })
+                }
+            };
+        match (value, is_request) {
+            (None, true) => {
+                self.requests.remove(&flow_id);
+            }
+            (None, false) => {
+                self.history_heads.remove(&flow_id);
+            }
+            (Some(value), _) => match open(&key, value)? {
+                HubStateRecord::RequestSnapshot(in_flight) => {
+                    self.requests.insert(flow_id, *in_flight);
+                }
+                HubStateRecord::HistoryHead { seq, hash } => {
+                    self.history_heads.insert(flow_id, (seq, hash));
+                }
+            },
+        }
+        Ok(())
+    }
+}
+
+fn open<M: wfm_protocol::Message>(key: &str, value: &[u8]) -> Result<M, CorruptRecord> {
+    Envelope::decode(value, usize::MAX)
+        .and_then(|envelope| envelope.open())
+        .map_err(|e| CorruptRecord {
+            key: key.to_owned(),
+            reason: e.to_string(),
+        })
+}
