@@ -67,6 +67,26 @@ pub enum Command {
         #[command(flatten)]
         broker: BrokerArgs,
     },
+    /// Run one hub instance (flow request state machines) against a running cluster.
+    Hub,
+    /// Run one coordinator instance (durable callbacks and timeouts) against a running cluster.
+    Coordinator,
+    /// Run the worker spokes: resource manager (paths, allocation) and/or speaker worker (switch commands).
+    Worker(crate::commands::worker::WorkerArgs),
+    /// Run the simulated switch controller: topology, flow and meter tables, fault injection.
+    Simulator(crate::commands::simulator::SimulatorArgs),
+    /// Inspect topics: watermarks, decoded records, consumer groups.
+    Topics {
+        #[command(subcommand)]
+        command: crate::commands::topics::TopicsCommand,
+    },
+    /// Every message of one request across all topics, as a timeline with hop latencies.
+    Trace(crate::commands::trace::TraceArgs),
+    /// Dead letters: list them, or replay them to their origin topic after a fix.
+    Dlq {
+        #[command(subcommand)]
+        command: crate::commands::dlq::DlqCommand,
+    },
 }
 
 fn parse_property(text: &str) -> Result<(String, String), String> {

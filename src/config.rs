@@ -13,6 +13,11 @@ use wfm_runtime::KafkaConfig;
 pub struct Config {
     pub kafka: KafkaConfig,
     pub broker: BrokerConfig,
+    pub simulator: wfm_simulators::SimulatorConfig,
+    pub coordinator: wfm_coordinator::CoordinatorConfig,
+    pub resources: wfm_workers::ResourcesConfig,
+    pub speaker: wfm_workers::SpeakerConfig,
+    pub hub: wfm_hub::HubConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]

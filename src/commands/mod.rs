@@ -1,6 +1,14 @@
 //! One module per `wfm` subcommand.
 
+mod coordinator;
+pub mod dlq;
+mod hub;
+mod scan;
+pub mod simulator;
 mod system;
+pub mod topics;
+pub mod trace;
+pub mod worker;
 
 use crate::cli::{Cli, Command};
 use crate::config::Config;
@@ -11,6 +19,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Up { broker } => system::up(config, &broker).await,
         Command::Broker { broker } => system::broker_only(config, &broker).await,
+        Command::Coordinator => coordinator::run(config).await,
+        Command::Hub => hub::run(config).await,
+        Command::Simulator(args) => simulator::run(config, args).await,
+        Command::Worker(args) => worker::run(config, args).await,
+        Command::Topics { command } => topics::run(config, command).await,
+        Command::Trace(args) => trace::run(config, args).await,
+        Command::Dlq { command } => dlq::run(config, command).await,
     }
 }
 

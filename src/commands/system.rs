@@ -6,6 +6,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 use wfm_broker::{EmbeddedBroker, Storage};
+use wfm_hub::HubInspector;
 use wfm_runtime::{Registry, Service};
 
 use crate::cli::BrokerArgs;
@@ -130,9 +131,33 @@ pub async fn up(config: Config, args: &BrokerArgs) -> anyhow::Result<()> {
     let shutdown = shutdown_signal();
     let cluster = Cluster::start(config, args).await?;
     let registry = Registry::default();
-    let _service = cluster.service(&registry, &shutdown)?;
-    let components = JoinSet::new();
+    let service = cluster.service(&registry, &shutdown)?;
+    let mut components = JoinSet::new();
     // Each component is added here as `components.spawn(async move { ("name", run(..).await) })`.
+    let coordinator = cluster.config.coordinator.clone();
+    let coordinator_service = service.clone();
+    components.spawn(async move {
+        let result = wfm_coordinator::run(coordinator_service, coordinator).await;
+        ("coordinator", result)
+    });
+    super::hub::spawn(
+        &mut components,
+        &cluster.config,
+        &service,
+        HubInspector::default(),
+    );
+    let simulator = super::simulator::from_env(&cluster.config)?;
+    let simulator_service = service.clone();
+    components.spawn(async move {
+        let result = wfm_simulators::run(simulator_service, simulator).await;
+        ("simulator", result)
+    });
+    super::worker::spawn(
+        &mut components,
+        &cluster.config,
+        &service,
+        super::worker::Role::All,
+    );
     cluster.announce_ready();
     supervise(components, shutdown).await
 }

@@ -34,7 +34,10 @@ impl WfmProcess {
         let mut command = Command::new(WFM);
         command
             .args(args)
-            .env("WFM_LOG", "warn")
+            .env(
+                "WFM_LOG",
+                std::env::var("WFM_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);

@@ -1,5 +1,11 @@
 //! Integration tests: every one runs against a real Kafka-protocol broker.
 
 mod broker;
+mod coordinator;
 mod harness;
+mod hub;
 mod runtime;
+mod simulator;
+mod system;
+mod topics;
+mod workers;

@@ -1,0 +1,57 @@
+//! `wfm worker`: the worker spokes (resource manager, speaker worker, or
+//! both) in a process of their own, sharing the work with other instances
+//! through their consumer groups.
+
+use clap::{Args, ValueEnum};
+use tokio::task::JoinSet;
+use wfm_runtime::{Registry, Service};
+
+use super::system::{shutdown_signal, supervise, Cluster};
+use crate::config::Config;
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Which spoke to run.
+    #[arg(long, value_enum, default_value = "all")]
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Role {
+    Resources,
+    Speaker,
+    All,
+}
+
+pub async fn run(config: Config, args: WorkerArgs) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal();
+    let cluster = Cluster::join(config).await?;
+    let service = cluster.service(&Registry::default(), &shutdown)?;
+    let mut components = JoinSet::new();
+    spawn(&mut components, &cluster.config, &service, args.role);
+    cluster.announce_ready();
+    supervise(components, shutdown).await
+}
+
+/// Adds the spokes of `role` to `components`; `wfm up` uses it with [`Role::All`].
+pub fn spawn(
+    components: &mut JoinSet<(&'static str, anyhow::Result<()>)>,
+    config: &Config,
+    service: &Service,
+    role: Role,
+) {
+    if matches!(role, Role::Resources | Role::All) {
+        let (service, resources) = (service.clone(), config.resources.clone());
+        components.spawn(async move {
+            let result = wfm_workers::run_resources(service, resources).await;
+            ("resources", result)
+        });
+    }
+    if matches!(role, Role::Speaker | Role::All) {
+        let (service, speaker) = (service.clone(), config.speaker.clone());
+        components.spawn(async move {
+            let result = wfm_workers::run_speaker(service, speaker).await;
+            ("speaker", result)
+        });
+    }
+}
