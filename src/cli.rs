@@ -29,9 +29,12 @@ pub struct GlobalArgs {
     /// Prefix of every topic name.
     #[arg(long, global = true, env = "WFM_TOPIC_PREFIX")]
     pub topic_prefix: Option<String>,
-    /// librdkafka property for every client, e.g. `-X fetch.wait.max.ms=1` (repeatable).
+    /// librdkafka property for every client, e.g. `-X socket.timeout.ms=10000` (repeatable).
     #[arg(short = 'X', long = "kafka-property", global = true, value_name = "KEY=VALUE", value_parser = parse_property)]
     pub kafka_properties: Vec<(String, String)>,
+    /// librdkafka property for consumers only, e.g. `-C fetch.wait.max.ms=1` (repeatable).
+    #[arg(short = 'C', long = "consumer-property", global = true, value_name = "KEY=VALUE", value_parser = parse_property)]
+    pub consumer_properties: Vec<(String, String)>,
     #[arg(long, global = true, env = "WFM_LOG_FORMAT", default_value = "pretty")]
     pub log_format: LogFormat,
 }

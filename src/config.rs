@@ -74,7 +74,7 @@ mod tests {
             [kafka]
             topic_prefix = "x."
             partitions = 2
-            [kafka.client]
+            [kafka.consumer]
             "fetch.wait.max.ms" = "1"
             [broker]
             ephemeral = true
@@ -83,7 +83,7 @@ mod tests {
         .unwrap();
         assert_eq!(config.kafka.topic_prefix, "x.");
         assert_eq!(config.kafka.partitions, 2);
-        assert_eq!(config.kafka.client["fetch.wait.max.ms"], "1");
+        assert_eq!(config.kafka.consumer["fetch.wait.max.ms"], "1");
         assert!(config.broker.ephemeral);
         assert_eq!(config.broker.addr.port(), 9092);
         assert!(toml::from_str::<Config>("[kafka]\nbrokerz = \"x\"").is_err());

@@ -23,7 +23,10 @@ async fn main() -> ExitCode {
 }
 
 fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("WFM_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // The embedded broker logs every request at INFO; only its warnings matter to an operator.
+    let filter = EnvFilter::try_from_env("WFM_LOG").unwrap_or_else(|_| {
+        EnvFilter::new("info,tansu_broker=warn,tansu_storage=warn,tansu_service=warn,tansu_sans_io=warn,tansu_schema=warn,tansu_auth=warn")
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

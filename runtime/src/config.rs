@@ -17,7 +17,7 @@ pub struct KafkaConfig {
     /// so that the resource manager is a single writer).
     pub partitions: i32,
     pub replication_factor: i32,
-    /// librdkafka properties for every client, e.g. `fetch.wait.max.ms`.
+    /// librdkafka properties for every client, e.g. `broker.address.family`.
     pub client: BTreeMap<String, String>,
     /// librdkafka properties for producers only.
     pub producer: BTreeMap<String, String>,
@@ -63,7 +63,7 @@ impl KafkaConfig {
     /// Settings for a broker that answers fetches only after `fetch.wait.max.ms`
     /// (tansu does, even when data is waiting): a short wait keeps each hop short.
     pub fn tune_for_embedded_broker(&mut self) {
-        self.client
+        self.consumer
             .entry("fetch.wait.max.ms".into())
             .or_insert_with(|| "5".into());
         self.client

@@ -39,4 +39,7 @@ fn apply_global_overrides(config: &mut Config, global: &crate::cli::GlobalArgs) 
     for (key, value) in &global.kafka_properties {
         config.kafka.client.insert(key.clone(), value.clone());
     }
+    for (key, value) in &global.consumer_properties {
+        config.kafka.consumer.insert(key.clone(), value.clone());
+    }
 }

@@ -47,6 +47,9 @@ impl WfmProcess {
             for (key, value) in &kafka.client {
                 command.arg("-X").arg(format!("{key}={value}"));
             }
+            for (key, value) in &kafka.consumer {
+                command.arg("-C").arg(format!("{key}={value}"));
+            }
         }
         let mut child = command.spawn().expect("wfm binary spawns");
         let stdout = child.stdout.take().expect("piped stdout");

@@ -466,3 +466,179 @@ fn a_delete_that_times_out_restores_the_previous_status() {
     assert_eq!(d.state(), "FinishedWithError");
     assert_eq!(saved_status(&effects), Some(FlowStatus::Down));
 }
+
+/// Every transition reachable from `start`, found by feeding each state every
+/// event that could arrive there, labelled by that event.
+fn explore(
+    start: Request,
+    first_events: Vec<(&'static str, Event)>,
+) -> std::collections::BTreeSet<(String, String, String)> {
+    let mut edges = std::collections::BTreeSet::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut queue = vec![(
+        serde_json::to_string(&start).unwrap(),
+        Vec::<Effect>::new(),
+        true,
+    )];
+    while let Some((snapshot, effects, initial)) = queue.pop() {
+        let candidates: Vec<(&'static str, Event)> = if initial {
+            first_events.clone()
+        } else {
+            let request: Request = serde_json::from_str(&snapshot).unwrap();
+            let core = request.core().clone();
+            let mut events = vec![
+                ("allocated", allocated()),
+                (
+                    "allocated, one switch",
+                    Event::Allocated(allocation(Default::default())),
+                ),
+                (
+                    "allocation failed",
+                    Event::AllocationFailed(AllocationFailed {
+                        request_id: "r1".into(),
+                        flow_id: "f1".into(),
+                        code: AllocationErrorCode::NoPath,
+                        message: "no path".into(),
+                    }),
+                ),
+                (
+                    "deallocated",
+                    Event::Deallocated {
+                        request_id: "r1".into(),
+                    },
+                ),
+                ("timeout", Event::Timeout { step: core.step }),
+            ];
+            if effects.iter().any(|e| matches!(e, Effect::RunJob { .. })) {
+                events.push(("job done", completed(&effects, None)));
+                events.push(("job failed", completed(&effects, Some(0))));
+            }
+            events
+        };
+        for (label, event) in candidates {
+            let mut request: Request = serde_json::from_str(&snapshot).unwrap();
+            let mut ctx = Ctx::new(1, T);
+            request.handle(&event, &mut ctx);
+            for effect in &ctx.effects {
+                if let Effect::History {
+                    action,
+                    from_state: Some(from),
+                    to_state: Some(to),
+                    ..
+                } = effect
+                {
+                    if action == "transition" {
+                        edges.insert((from.clone(), to.clone(), label.to_owned()));
+                    }
+                }
+            }
+            let signature = (
+                request.state(),
+                request.core().retries,
+                request.core().flow.is_some(),
+            );
+            if !request.is_terminal() && !ctx.effects.is_empty() && seen.insert(signature) {
+                queue.push((serde_json::to_string(&request).unwrap(), ctx.effects, false));
+            }
+        }
+    }
+    edges
+}
+
+fn mermaid(title: &str, edges: &std::collections::BTreeSet<(String, String, String)>) -> String {
+    let mut out = format!("## {title}\n\n```mermaid\nstateDiagram-v2\n    [*] --> Initialized\n");
+    let mut labels: std::collections::BTreeMap<(&str, &str), Vec<&str>> = Default::default();
+    for (from, to, label) in edges {
+        labels.entry((from, to)).or_default().push(label);
+    }
+    for ((from, to), events) in &labels {
+        out.push_str(&format!("    {from} --> {to}: {}\n", events.join(" / ")));
+    }
+    let terminals: std::collections::BTreeSet<&str> = edges
+        .iter()
+        .map(|(_, to, _)| to.as_str())
+        .filter(|to| matches!(*to, "Finished" | "FinishedWithError" | "Rejected"))
+        .collect();
+    for terminal in terminals {
+        out.push_str(&format!("    {terminal} --> [*]\n"));
+    }
+    out.push_str("```\n");
+    out
+}
+
+/// docs/hub-fsm.md is generated from the machines themselves: this test
+/// explores them and fails when the document is out of date
+/// (`WFM_UPDATE_DOCS=1 cargo test -p wfm-hub` rewrites it).
+#[test]
+fn the_documented_diagrams_match_the_machines() {
+    let create = explore(
+        Request::create(core(), spec(endpoint("A", 10, 100), endpoint("C", 20, 0))),
+        vec![
+            ("create", Event::Start { existing: None }),
+            (
+                "create, flow exists",
+                Event::Start {
+                    existing: Some(flow_record(FlowStatus::Up)),
+                },
+            ),
+        ],
+    );
+    let delete = explore(
+        Request::delete(core()),
+        vec![
+            (
+                "delete",
+                Event::Start {
+                    existing: Some(flow_record(FlowStatus::Up)),
+                },
+            ),
+            ("delete, no such flow", Event::Start { existing: None }),
+        ],
+    );
+    // Every state of both machines is reached.
+    for state in [
+        "Validated",
+        "InstallingNonIngress",
+        "ValidatingNonIngress",
+        "InstallingIngress",
+        "ValidatingIngress",
+        "RemovingRules",
+        "DeallocatingResources",
+        "Finished",
+        "FinishedWithError",
+        "Rejected",
+    ] {
+        assert!(
+            create.iter().any(|(_, to, _)| to == state),
+            "create never reaches {state}"
+        );
+    }
+    for state in [
+        "RemovingRules",
+        "DeallocatingResources",
+        "Finished",
+        "FinishedWithError",
+        "Rejected",
+    ] {
+        assert!(
+            delete.iter().any(|(_, to, _)| to == state),
+            "delete never reaches {state}"
+        );
+    }
+    let document = format!(
+        "# Hub state machines\n\nGenerated from the code by `the_documented_diagrams_match_the_machines` \
+         (hub/src/fsm/tests.rs), which feeds every state every event that can reach it. \
+         Self-transitions (a rollback step retried after its timeout) are not drawn.\n\n{}\n{}",
+        mermaid("Flow create", &create),
+        mermaid("Flow delete", &delete)
+    );
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/hub-fsm.md");
+    if std::env::var_os("WFM_UPDATE_DOCS").is_some() {
+        std::fs::write(&path, &document).unwrap();
+    }
+    let current = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        current == document,
+        "docs/hub-fsm.md is out of date: run WFM_UPDATE_DOCS=1 cargo test -p wfm-hub"
+    );
+}
