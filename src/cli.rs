@@ -70,6 +70,8 @@ pub enum Command {
         #[command(flatten)]
         broker: BrokerArgs,
     },
+    /// Load generator through the REST API, measured against the broker's hop floor.
+    Bench(crate::commands::bench::BenchArgs),
     /// Run one hub instance (flow request state machines) against a running cluster.
     Hub,
     /// Run one coordinator instance (durable callbacks and timeouts) against a running cluster.
@@ -85,6 +87,8 @@ pub enum Command {
     },
     /// Every message of one request across all topics, as a timeline with hop latencies.
     Trace(crate::commands::trace::TraceArgs),
+    /// Compare flows, allocations, switch tables and history; exit non-zero on any violation.
+    Check(crate::commands::check::CheckArgs),
     /// Dead letters: list them, or replay them to their origin topic after a fix.
     Dlq {
         #[command(subcommand)]

@@ -1,5 +1,7 @@
 //! One module per `wfm` subcommand.
 
+pub mod bench;
+pub mod check;
 mod coordinator;
 pub mod dlq;
 mod hub;
@@ -21,11 +23,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Broker { broker } => system::broker_only(config, &broker).await,
         Command::Coordinator => coordinator::run(config).await,
         Command::Hub => hub::run(config).await,
+        Command::Bench(args) => bench::run(config, args).await,
         Command::Simulator(args) => simulator::run(config, args).await,
         Command::Worker(args) => worker::run(config, args).await,
         Command::Topics { command } => topics::run(config, command).await,
         Command::Trace(args) => trace::run(config, args).await,
         Command::Dlq { command } => dlq::run(config, command).await,
+        Command::Check(args) => check::run(config, args).await,
     }
 }
 
