@@ -221,10 +221,7 @@ impl Allocator {
             &flow.source.switch_id,
             &flow.destination.switch_id,
             bandwidth,
-            |link| {
-                link.bandwidth_kbps
-                    .saturating_sub(self.used_bandwidth(&link.id()))
-            },
+            |id, link| link.bandwidth_kbps.saturating_sub(self.used_bandwidth(id)),
         )?;
         let cookie = self.free_cookie()?;
         let metered = !flow.ignore_bandwidth && flow.maximum_bandwidth > 0;
@@ -299,12 +296,21 @@ impl Allocator {
         if segments.is_empty() {
             return Ok(0);
         }
-        let used: Vec<&BTreeSet<u16>> = segments
-            .iter()
-            .filter_map(|s| self.transit_vlans.get(&segment_link_id(s)))
-            .collect();
+        // One bit per VLAN: marking what the path's links use costs far less
+        // than probing every link's set for every candidate VLAN.
+        let mut taken = [0u64; 4096 / 64];
+        for segment in segments {
+            for vlan in self
+                .transit_vlans
+                .get(&segment_link_id(segment))
+                .into_iter()
+                .flatten()
+            {
+                taken[usize::from(*vlan) / 64] |= 1 << (vlan % 64);
+            }
+        }
         (MIN_TRANSIT_VLAN..=MAX_TRANSIT_VLAN)
-            .find(|vlan| used.iter().all(|u| !u.contains(vlan)))
+            .find(|vlan| taken[usize::from(*vlan) / 64] & (1 << (vlan % 64)) == 0)
             .ok_or_else(|| AllocationError::Exhausted("transit vlan".into()))
     }
 
@@ -396,7 +402,7 @@ mod tests {
             .flat_map(|n| {
                 network
                     .links_from(&switch_id(n))
-                    .map(|l| l.id())
+                    .map(|(id, _)| id.to_owned())
                     .collect::<Vec<_>>()
             })
             .collect();

@@ -92,16 +92,19 @@ impl Network {
         self.links.get(link_id)
     }
 
-    /// Links between switches that are both in the topology, leaving `switch_id`.
-    pub fn links_from<'a>(&'a self, switch_id: &str) -> impl Iterator<Item = &'a LinkInfo> + 'a {
+    /// Links (with their ids) between switches that are both in the topology, leaving `switch_id`.
+    pub fn links_from<'a>(
+        &'a self,
+        switch_id: &str,
+    ) -> impl Iterator<Item = (&'a str, &'a LinkInfo)> + 'a {
         let present = self.switches.contains_key(switch_id);
         self.outgoing
             .get(switch_id)
             .filter(|_| present)
             .into_iter()
             .flatten()
-            .filter_map(|id| self.links.get(id))
-            .filter(|link| self.switches.contains_key(&link.dst.switch_id))
+            .filter_map(|id| Some((id.as_str(), self.links.get(id)?)))
+            .filter(|(_, link)| self.switches.contains_key(&link.dst.switch_id))
     }
 
     pub fn switch_count(&self) -> usize {

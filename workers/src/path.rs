@@ -23,34 +23,37 @@ pub enum PathError {
 
 /// Forward (`src` → `dst`) and reverse paths. With `bandwidth_kbps`, only
 /// links whose `available(link)` covers it are used, counting the forward
-/// path's own use when the reverse path is chosen. A one-switch flow has empty paths.
+/// path's own use when the reverse path is chosen. A one-switch flow has empty
+/// paths. `available` gets each link with its id, so that callers can look
+/// their bookings up by id without formatting it per link.
 pub fn flow_path(
     network: &Network,
     src: &str,
     dst: &str,
     bandwidth_kbps: Option<u64>,
-    available: impl Fn(&LinkInfo) -> u64,
+    available: impl Fn(&str, &LinkInfo) -> u64,
 ) -> Result<FlowPath, PathError> {
     if src == dst {
         return Ok(FlowPath::default());
     }
     let Some(bandwidth) = bandwidth_kbps else {
-        let forward = shortest(network, src, dst, |_| true);
-        let reverse = shortest(network, dst, src, |_| true);
+        let forward = shortest(network, src, dst, |_, _| true);
+        let reverse = shortest(network, dst, src, |_, _| true);
         return match (forward, reverse) {
             (Some(forward), Some(reverse)) => Ok(FlowPath { forward, reverse }),
             _ => Err(no_path(src, dst)),
         };
     };
-    let forward = shortest(network, src, dst, |l| available(l) >= bandwidth);
+    let forward = shortest(network, src, dst, |id, l| available(id, l) >= bandwidth);
     let reverse = forward.as_ref().and_then(|forward| {
-        shortest(network, dst, src, |l| {
-            let taken = if forward.iter().any(|s| same_link(s, l)) {
+        let forward_ids: Vec<String> = forward.iter().map(segment_link_id).collect();
+        shortest(network, dst, src, |id, l| {
+            let taken = if forward_ids.iter().any(|f| f == id) {
                 bandwidth
             } else {
                 0
             };
-            available(l).saturating_sub(taken) >= bandwidth
+            available(id, l).saturating_sub(taken) >= bandwidth
         })
     });
     match (forward, reverse) {
@@ -75,13 +78,6 @@ pub fn segment_link_id(segment: &PathSegment) -> String {
     )
 }
 
-fn same_link(segment: &PathSegment, link: &LinkInfo) -> bool {
-    segment.src_switch == link.src.switch_id
-        && segment.src_port == link.src.port
-        && segment.dst_switch == link.dst.switch_id
-        && segment.dst_port == link.dst.port
-}
-
 fn no_path(src: &str, dst: &str) -> PathError {
     PathError::NoPath {
         src: src.to_owned(),
@@ -94,7 +90,7 @@ fn shortest(
     network: &Network,
     src: &str,
     dst: &str,
-    admits: impl Fn(&LinkInfo) -> bool,
+    admits: impl Fn(&str, &LinkInfo) -> bool,
 ) -> Option<Vec<PathSegment>> {
     network.ports(src)?;
     network.ports(dst)?;
@@ -108,7 +104,7 @@ fn shortest(
         if best.get(switch).is_some_and(|b| *b < (latency, hops)) {
             continue;
         }
-        for link in network.links_from(switch).filter(|l| admits(l)) {
+        for (_, link) in network.links_from(switch).filter(|(id, l)| admits(id, l)) {
             let next = link.dst.switch_id.as_str();
             let cost = (latency.saturating_add(link.latency_ms), hops + 1);
             if best.get(next).is_none_or(|b| cost < *b) {
@@ -157,7 +153,7 @@ mod tests {
         out
     }
 
-    fn full(link: &LinkInfo) -> u64 {
+    fn full(_: &str, link: &LinkInfo) -> u64 {
         link.bandwidth_kbps
     }
 

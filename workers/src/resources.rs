@@ -106,6 +106,11 @@ impl Handler for ResourcesHandler {
                 let _span =
                     info_span!("allocate", %flow_id, request_id = %request.request_id).entered();
                 let network = self.network.read();
+                if network.switch_count() == 0 {
+                    // Before the controller has published anything, "unknown
+                    // switch" would be a lie: wait for the topology instead.
+                    return Err(WfmError::Transient("no topology published yet".into()));
+                }
                 let (reply, record) = match self.allocator.allocate(&network, &request.flow) {
                     Ok((allocation, booking)) => {
                         info!(
