@@ -11,7 +11,7 @@ pub mod timers;
 
 use serde::{Deserialize, Serialize};
 use wfm_protocol::Topic;
-use wfm_runtime::{ConsumerSpec, Service};
+use wfm_runtime::Service;
 
 pub use client::{CallbackKey, CoordinatorClient, Fire};
 pub use handler::CoordinatorHandler;
@@ -61,26 +61,11 @@ impl Coordinator {
 
     /// Serves the coordinator inbox until the service's shutdown.
     pub async fn run(self, service: Service) -> anyhow::Result<()> {
-        let topics = service.kafka.topics();
-        let spec = ConsumerSpec {
-            name: handler::SOURCE.into(),
-            group: self
-                .config
-                .group
-                .clone()
-                .unwrap_or_else(|| format!("{}coordinator", topics.prefix())),
-            topics: vec![topics.name(Topic::Coordinator)],
-        };
+        let group = self.config.group.clone();
         let handler = CoordinatorHandler::new(self.config, self.stats);
-        wfm_runtime::run(
-            spec,
-            service.kafka,
-            service.producer,
-            &service.registry,
-            handler,
-            service.shutdown,
-        )
-        .await;
+        service
+            .serve(handler::SOURCE, group, Topic::Coordinator, handler)
+            .await;
         Ok(())
     }
 }

@@ -10,7 +10,7 @@ pub mod state;
 
 use serde::{Deserialize, Serialize};
 use wfm_protocol::Topic;
-use wfm_runtime::{ConsumerSpec, Service};
+use wfm_runtime::Service;
 
 pub use inspect::HubInspector;
 
@@ -36,21 +36,7 @@ pub async fn run(
     config: HubConfig,
     inspector: HubInspector,
 ) -> anyhow::Result<()> {
-    let topics = service.kafka.topics();
-    let spec = ConsumerSpec {
-        name: "hub".into(),
-        group: format!("{}hub", topics.prefix()),
-        topics: vec![topics.name(Topic::Hub)],
-    };
-    let handler = handler::HubHandler::new(config, topics, inspector);
-    wfm_runtime::run(
-        spec,
-        service.kafka,
-        service.producer,
-        &service.registry,
-        handler,
-        service.shutdown,
-    )
-    .await;
+    let handler = handler::HubHandler::new(config, service.kafka.topics(), inspector);
+    service.serve("hub", None, Topic::Hub, handler).await;
     Ok(())
 }

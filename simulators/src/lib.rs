@@ -17,7 +17,7 @@ use anyhow::Context as _;
 use serde::Deserialize;
 use tracing::info;
 use wfm_protocol::{Envelope, Topic};
-use wfm_runtime::{ConsumerSpec, Outgoing, Service};
+use wfm_runtime::{Outgoing, Service};
 
 use crate::faults::{FaultSettings, Faults};
 use crate::handler::{SwitchHandler, SOURCE};
@@ -114,24 +114,12 @@ impl Simulator {
 
     /// Answers switch commands and control requests until shutdown.
     pub async fn serve(self) -> anyhow::Result<()> {
-        let Service {
-            kafka,
-            producer,
-            registry,
-            shutdown,
-        } = self.service;
-        let spec = ConsumerSpec {
-            name: "simulator".into(),
-            group: format!("{}simulator", kafka.topic_prefix),
-            topics: vec![kafka.topics().name(Topic::Switch)],
-        };
+        let shutdown = self.service.shutdown.clone();
         let handler = SwitchHandler::new(self.simulation.clone());
-        let consumer = {
-            let shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                wfm_runtime::run(spec, kafka, producer, &registry, handler, shutdown).await
-            })
-        };
+        let consumer = tokio::spawn(
+            self.service
+                .serve("simulator", None, Topic::Switch, handler),
+        );
         let http = axum::serve(self.listener, control::router(self.simulation))
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await;

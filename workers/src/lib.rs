@@ -14,20 +14,16 @@ pub mod stats;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use wfm_protocol::{Topic, Topics};
-use wfm_runtime::{ConsumerSpec, Service};
+use wfm_protocol::Topic;
+use wfm_runtime::Service;
 
 pub use stats::{SpeakerStats, SpeakerStatsSnapshot};
 
 /// `wfm.` → `wfm-<role>`: one consumer group per deployment and role.
-fn group_name(topics: &Topics, role: &str) -> String {
-    format!("{}-{role}", topics.prefix().trim_end_matches('.'))
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ResourcesConfig {
-    /// Consumer group; `wfm-resources` (after the topic prefix) when unset.
+    /// Consumer group; `<topic prefix>resources` when unset.
     pub group: Option<String>,
     /// How long a newly assigned instance waits for the topology before it retries.
     pub topology_wait_ms: u64,
@@ -44,33 +40,19 @@ impl Default for ResourcesConfig {
 
 /// Serves the resource manager's inbox until the service's shutdown.
 pub async fn run_resources(service: Service, config: ResourcesConfig) -> anyhow::Result<()> {
-    let topics = service.kafka.topics();
     let network = network::spawn_reader(&service.kafka, service.shutdown.clone()).await?;
-    let spec = ConsumerSpec {
-        name: resources::SOURCE.into(),
-        group: config
-            .group
-            .unwrap_or_else(|| group_name(&topics, "resources")),
-        topics: vec![topics.name(Topic::Resources)],
-    };
     let handler =
         resources::ResourcesHandler::new(network, Duration::from_millis(config.topology_wait_ms));
-    wfm_runtime::run(
-        spec,
-        service.kafka,
-        service.producer,
-        &service.registry,
-        handler,
-        service.shutdown,
-    )
-    .await;
+    service
+        .serve(resources::SOURCE, config.group, Topic::Resources, handler)
+        .await;
     Ok(())
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SpeakerConfig {
-    /// Consumer group; `wfm-speaker` (after the topic prefix) when unset.
+    /// Consumer group; `<topic prefix>speaker` when unset.
     pub group: Option<String>,
     /// Attempts per switch operation, the first included.
     pub max_attempts: u32,
@@ -130,26 +112,15 @@ impl Speaker {
 
     /// Serves the speaker worker's inbox until the service's shutdown.
     pub async fn run(self, service: Service) -> anyhow::Result<()> {
-        let topics = service.kafka.topics();
-        let spec = ConsumerSpec {
-            name: speaker::SOURCE.into(),
-            group: self
-                .config
-                .group
-                .clone()
-                .unwrap_or_else(|| group_name(&topics, "speaker")),
-            topics: vec![topics.name(Topic::SpeakerWorker)],
-        };
-        let handler = speaker::SpeakerHandler::new(topics, self.config.settings(), self.stats);
-        wfm_runtime::run(
-            spec,
-            service.kafka,
-            service.producer,
-            &service.registry,
-            handler,
-            service.shutdown,
-        )
-        .await;
+        let group = self.config.group.clone();
+        let handler = speaker::SpeakerHandler::new(
+            service.kafka.topics(),
+            self.config.settings(),
+            self.stats,
+        );
+        service
+            .serve(speaker::SOURCE, group, Topic::SpeakerWorker, handler)
+            .await;
         Ok(())
     }
 }
@@ -157,15 +128,4 @@ impl Speaker {
 /// Runs a speaker worker with `config` until the service's shutdown.
 pub async fn run_speaker(service: Service, config: SpeakerConfig) -> anyhow::Result<()> {
     Speaker::new(config).run(service).await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn groups_follow_the_topic_prefix() {
-        assert_eq!(group_name(&Topics::default(), "resources"), "wfm-resources");
-        assert_eq!(group_name(&Topics::new("t7."), "speaker"), "t7-speaker");
-    }
 }
