@@ -1,7 +1,7 @@
 //! Reading a changelog partition back from the beginning, to restore the
 //! state of an inbox partition a member has just been assigned.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,14 +70,25 @@ pub async fn read(
     }
     consumer.assign(&assignment)?;
     let mut count = 0;
+    let mut corrected = HashSet::new();
     while !ends.is_empty() {
         let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
             .await
             .map_err(|_| WfmError::Transient(format!("restore of {topic} stalled")))??;
         let partition = message.partition();
-        let Some(&end) = ends.get(&partition) else {
+        let Some(end) = ends.get_mut(&partition) else {
             continue;
         };
+        // tansu 0.6 (memory storage) answers ListOffsets with the base offset
+        // of the newest batch + 1, short of that batch's later records. The
+        // first fetch response carries the true high watermark (librdkafka
+        // caches it); taking only the first keeps the end from moving on.
+        if corrected.insert(partition) {
+            if let Some(fetched_high) = fetched_high_watermark(&consumer, topic, partition) {
+                *end = (*end).max(fetched_high);
+            }
+        }
+        let end = *end;
         if message.offset() < end {
             let key = message
                 .key()
@@ -91,6 +102,26 @@ pub async fn read(
         }
     }
     Ok(count)
+}
+
+/// The high watermark of the partition's last fetch response, as librdkafka
+/// cached it (rdkafka 0.38 has no safe wrapper for this call).
+fn fetched_high_watermark(consumer: &StreamConsumer, topic: &str, partition: i32) -> Option<i64> {
+    use rdkafka::bindings::{rd_kafka_get_watermark_offsets, rd_kafka_resp_err_t};
+    let topic = std::ffi::CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1_i64, -1_i64);
+    // SAFETY: the client handle lives as long as `consumer`, the topic string
+    // outlives the call, and the out-pointers are to locals.
+    let error = unsafe {
+        rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (error == rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high)
 }
 
 fn uuid_like() -> String {

@@ -8,7 +8,8 @@
 //!            DeallocatingResources ◀──── RemovingRules (every rule of the flow)
 //!                     │
 //!                     ▼
-//!            FinishedWithError (flow DOWN; FAILED if resources could not be freed)
+//!            FinishedWithError (flow DOWN; FAILED, keeping its resources, if rules
+//!                               or resources could not be cleaned up after retries)
 //! ```
 //! Every state but the terminal ones has a timer; the forward states share
 //! the request's overall deadline, rollback states have their own.
@@ -18,8 +19,9 @@ use statig::prelude::*;
 use wfm_protocol::flow::{FlowRecord, FlowSpec, FlowStatus};
 use wfm_protocol::northbound::RequestErrorKind;
 use wfm_protocol::resources::{Allocated, AllocationErrorCode};
+use wfm_protocol::speaker::JobCompleted;
 
-use super::{state_name, Ctx, Event, RequestCore};
+use super::{state_name, Ctx, Event, Removal, RequestCore};
 use crate::rules::{self, FlowRules};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -219,32 +221,10 @@ impl CreateFlow {
     fn removing_rules(&mut self, context: &mut Ctx, event: &Event) -> Outcome<State> {
         match event {
             Event::JobCompleted(job) if self.core.is_awaited(job) => {
-                if !job.all_done() {
-                    let failures = job.failures().join("; ");
-                    self.core
-                        .history(context, "rules_left_behind", failures.clone());
-                    self.fail(
-                        context,
-                        format!("rules could not all be removed: {failures}"),
-                    );
-                }
-                self.core.retries = 0;
-                self.core.await_deallocation(context);
-                Transition(State::deallocating_resources())
+                self.after_removal(context, Some(job))
             }
             Event::Timeout { step } if self.core.is_current_timeout(*step) => {
-                if self.core.may_retry(context) {
-                    self.remove_rules(context);
-                    Handled
-                } else {
-                    self.fail(
-                        context,
-                        "rule removal timed out; rules may be left on switches",
-                    );
-                    self.core.retries = 0;
-                    self.core.await_deallocation(context);
-                    Transition(State::deallocating_resources())
-                }
+                self.after_removal(context, None)
             }
             _ => Handled,
         }
@@ -318,6 +298,30 @@ impl CreateFlow {
             .as_ref()
             .map(|allocation| FlowRules::of(&self.spec, allocation))
             .unwrap_or_default()
+    }
+
+    /// Rules gone: free the resources. Rules left despite the retries: the
+    /// flow is FAILED and keeps its resources, which those rules still use,
+    /// until an operator repairs it (a delete retries the removal).
+    fn after_removal(&mut self, context: &mut Ctx, job: Option<&JobCompleted>) -> Outcome<State> {
+        let all = rules::remove(self.rules().all());
+        match self.core.settle_removal(context, job, all) {
+            Removal::Done => {
+                self.core.await_deallocation(context);
+                Transition(State::deallocating_resources())
+            }
+            Removal::Retrying => Handled,
+            Removal::GaveUp(reason) => {
+                self.fail(
+                    context,
+                    format!("{reason}; rules and resources kept for repair"),
+                );
+                self.core
+                    .set_status(context, FlowStatus::Failed, self.failure.clone());
+                self.finish_with_error(context);
+                Transition(State::finished_with_error())
+            }
+        }
     }
 
     fn remove_rules(&mut self, context: &mut Ctx) {

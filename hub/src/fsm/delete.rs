@@ -2,12 +2,15 @@
 //!
 //! ```text
 //! Initialized ─▶ RemovingRules ─▶ DeallocatingResources ─▶ Finished (flow removed)
-//!      │          (every rule;      (RemovingFlow is the tombstone written
-//!      ▼           failures are      on the way to Finished)
-//!   Rejected       reported, not fatal)
-//!                      │ timeout, retries used up     │ timeout, retries used up
+//!      │          (every rule; a    (RemovingFlow is the tombstone written
+//!      ▼           failed one does   on the way to Finished)
+//!   Rejected       not stop the others
+//!                  and is retried)
+//!                      │ failures or timeouts,        │ timeout, retries used up
+//!                      │ retries used up              │
 //!                      ▼                              ▼
-//!               FinishedWithError (RevertingFlowStatus: the flow gets its previous status back)
+//!               FinishedWithError (RevertingFlowStatus: the flow is FAILED, with what it
+//!                                  was before and what went wrong, for repair)
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -15,8 +18,9 @@ use statig::prelude::*;
 use wfm_protocol::flow::FlowStatus;
 use wfm_protocol::northbound::RequestErrorKind;
 use wfm_protocol::resources::Allocated;
+use wfm_protocol::speaker::JobCompleted;
 
-use super::{state_name, Ctx, Effect, Event, RequestCore};
+use super::{state_name, Ctx, Effect, Event, Removal, RequestCore};
 use crate::rules::{self, FlowRules};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -24,7 +28,6 @@ pub struct DeleteFlow {
     pub core: RequestCore,
     /// Status to restore if the delete fails.
     pub previous_status: Option<FlowStatus>,
-    pub problems: Vec<String>,
 }
 
 #[state_machine(
@@ -63,25 +66,10 @@ impl DeleteFlow {
     fn removing_rules(&mut self, context: &mut Ctx, event: &Event) -> Outcome<State> {
         match event {
             Event::JobCompleted(job) if self.core.is_awaited(job) => {
-                // The worker already retried each command; what still failed is
-                // reported and the delete goes on, as OpenKilda's does.
-                for failure in job.failures() {
-                    self.core
-                        .history(context, "rule_not_removed", failure.clone());
-                    self.problems.push(failure);
-                }
-                self.core.retries = 0;
-                self.core.await_deallocation(context);
-                Transition(State::deallocating_resources())
+                self.after_removal(context, Some(job))
             }
             Event::Timeout { step } if self.core.is_current_timeout(*step) => {
-                if self.core.may_retry(context) {
-                    self.remove_rules(context);
-                    Handled
-                } else {
-                    self.revert(context, "rule removal timed out");
-                    Transition(State::finished_with_error())
-                }
+                self.after_removal(context, None)
             }
             _ => Handled,
         }
@@ -93,14 +81,9 @@ impl DeleteFlow {
             Event::Deallocated { request_id } if self.core.owns(request_id) => {
                 self.core.finish(context);
                 context.effects.push(Effect::RemoveFlow);
+                self.core.history(context, "flow_removed", "");
                 self.core
-                    .history(context, "flow_removed", self.problems.join("; "));
-                let message = if self.problems.is_empty() {
-                    "flow deleted".to_owned()
-                } else {
-                    format!("flow deleted; {}", self.problems.join("; "))
-                };
-                self.core.reply_finished(context, true, None, message);
+                    .reply_finished(context, true, None, "flow deleted");
                 Transition(State::finished())
             }
             Event::Timeout { step } if self.core.is_current_timeout(*step) => {
@@ -140,7 +123,6 @@ impl DeleteFlow {
         Self {
             core,
             previous_status: None,
-            problems: Vec::new(),
         }
     }
 
@@ -173,13 +155,37 @@ impl DeleteFlow {
             .await_job(context, "remove-rules", rules::remove(rules.all()), true);
     }
 
-    /// RevertingFlowStatus: the flow gets back the status it had before the delete.
+    /// The worker retried each command and the other removals went on past
+    /// a failed one; here what still failed is retried, and if it keeps
+    /// failing the delete stops short of freeing resources those rules use.
+    fn after_removal(&mut self, context: &mut Ctx, job: Option<&JobCompleted>) -> Outcome<State> {
+        let all = rules::remove(self.rules().all());
+        match self.core.settle_removal(context, job, all) {
+            Removal::Done => {
+                self.core.await_deallocation(context);
+                Transition(State::deallocating_resources())
+            }
+            Removal::Retrying => Handled,
+            Removal::GaveUp(reason) => {
+                self.revert(context, &reason);
+                Transition(State::finished_with_error())
+            }
+        }
+    }
+
+    /// RevertingFlowStatus. Once its rules have been touched, the flow's
+    /// previous status is no longer true of the network, so it becomes
+    /// FAILED, with what went wrong and what it was before, for an operator
+    /// to repair (deleting it again retries).
     fn revert(&mut self, context: &mut Ctx, reason: &str) {
         self.core.finish(context);
-        self.problems.push(reason.to_owned());
-        let status = self.previous_status.unwrap_or(FlowStatus::Down);
-        let info = format!("delete failed: {}", self.problems.join("; "));
-        self.core.set_status(context, status, Some(info.clone()));
+        let was = self
+            .previous_status
+            .map(FlowStatus::as_str)
+            .unwrap_or("unknown");
+        let info = format!("delete failed (flow was {was}): {reason}");
+        self.core
+            .set_status(context, FlowStatus::Failed, Some(info.clone()));
         self.core
             .reply_finished(context, false, self.core.flow.clone(), info);
     }

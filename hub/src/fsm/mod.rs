@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use wfm_protocol::flow::{FlowRecord, FlowSpec, FlowStatus};
 use wfm_protocol::northbound::{NorthboundReply, RequestError, RequestErrorKind};
 use wfm_protocol::resources::{Allocated, AllocationFailed, ReplyTo};
-use wfm_protocol::speaker::{JobCompleted, SwitchOperation};
+use wfm_protocol::speaker::{JobCompleted, OperationOutcome, SwitchAction, SwitchOperation};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
@@ -111,6 +111,16 @@ impl Ctx {
     fn push(&mut self, effect: Effect) {
         self.effects.push(effect);
     }
+}
+
+/// Where removing a flow's rules stands after a removal job or its timeout.
+pub enum Removal {
+    /// Every rule is gone.
+    Done,
+    /// What failed was sent again; still removing.
+    Retrying,
+    /// Retries are used up: rules may be left on the switches, for this reason.
+    GaveUp(String),
 }
 
 /// What every request keeps, whatever its kind.
@@ -245,6 +255,47 @@ impl RequestCore {
         }
         self.retries += 1;
         true
+    }
+
+    /// Settles a removal step: `job` is its result, `None` its timeout, in
+    /// which case `all` is sent again. Only what failed is retried, within
+    /// the rollback retry budget.
+    pub fn settle_removal(
+        &mut self,
+        ctx: &mut Ctx,
+        job: Option<&JobCompleted>,
+        all: Vec<SwitchOperation>,
+    ) -> Removal {
+        let (retry, reason) = match job {
+            Some(job) if job.all_done() => {
+                self.retries = 0;
+                return Removal::Done;
+            }
+            Some(job) => {
+                let failed = job
+                    .results
+                    .iter()
+                    .filter(|r| r.outcome != OperationOutcome::Done)
+                    .map(|r| SwitchOperation {
+                        switch_id: r.switch_id.clone(),
+                        action: SwitchAction::Remove { cookie: r.cookie },
+                    })
+                    .collect();
+                (
+                    failed,
+                    format!("rules not removed: {}", job.failures().join("; ")),
+                )
+            }
+            None => (all, "rule removal timed out".to_owned()),
+        };
+        if self.may_retry(ctx) {
+            self.history(ctx, "retrying_removal", reason);
+            self.await_job(ctx, "remove-rules", retry, true);
+            Removal::Retrying
+        } else {
+            self.finish(ctx);
+            Removal::GaveUp(reason)
+        }
     }
 
     pub fn save_flow(&mut self, ctx: &mut Ctx, flow: FlowRecord) {

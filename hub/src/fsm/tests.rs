@@ -306,26 +306,37 @@ fn allocation_timeout_frees_resources_it_may_have_got() {
 #[test]
 fn rollback_has_its_own_timeouts_and_always_terminates() {
     let (mut d, effects) = create_until(1);
-    let effects = d.feed(Event::Timeout {
+    let mut effects = d.feed(Event::Timeout {
         step: step_armed(&effects),
     });
     assert_eq!(create_state(&d), "RemovingRules");
-    // Removal never answers: retried, then given up on.
-    let mut effects = effects;
+    // Removal never answers: retried, then given up on. Rules may still be
+    // there, so the flow keeps its resources and is FAILED for repair.
     for _ in 0..T.rollback_retries {
         effects = d.feed(Event::Timeout {
             step: step_armed(&effects),
         });
         assert_eq!(create_state(&d), "RemovingRules");
     }
-    effects = d.feed(Event::Timeout {
+    let effects = d.feed(Event::Timeout {
         step: step_armed(&effects),
     });
+    assert_eq!(create_state(&d), "FinishedWithError");
+    assert_eq!(saved_status(&effects), Some(FlowStatus::Failed));
+    assert!(!effects.iter().any(|e| matches!(e, Effect::Deallocate)));
+}
+
+#[test]
+fn deallocation_that_never_answers_ends_failed() {
+    let (mut d, effects) = create_until(1);
+    let effects = d.feed(completed(&effects, Some(0)));
+    let mut effects = d.feed(completed(&effects, None));
     assert_eq!(create_state(&d), "DeallocatingResources");
     for _ in 0..T.rollback_retries {
         effects = d.feed(Event::Timeout {
             step: step_armed(&effects),
         });
+        assert!(effects.iter().any(|e| matches!(e, Effect::Deallocate)));
         assert_eq!(create_state(&d), "DeallocatingResources");
     }
     let effects = d.feed(Event::Timeout {
@@ -333,6 +344,19 @@ fn rollback_has_its_own_timeouts_and_always_terminates() {
     });
     assert_eq!(create_state(&d), "FinishedWithError");
     assert_eq!(saved_status(&effects), Some(FlowStatus::Failed));
+}
+
+#[test]
+fn only_the_failed_removals_are_retried() {
+    let (mut d, effects) = create_until(2);
+    let effects = d.feed(completed(&effects, Some(0)));
+    assert_eq!(create_state(&d), "RemovingRules");
+    let effects = d.feed(completed(&effects, Some(3)));
+    assert_eq!(create_state(&d), "RemovingRules");
+    let (_, retried) = job(&effects);
+    assert_eq!(retried.len(), 1, "one removal failed, one is retried");
+    d.feed(completed(&effects, None));
+    assert_eq!(create_state(&d), "DeallocatingResources");
 }
 
 #[test]
@@ -426,19 +450,45 @@ fn delete_removes_rules_frees_resources_and_the_flow() {
 }
 
 #[test]
-fn delete_continues_past_a_failed_removal_and_reports_it() {
+fn delete_retries_a_failed_removal_then_finishes() {
     let mut d = delete_driver();
     let effects = d.feed(Event::Start {
         existing: Some(flow_record(FlowStatus::Up)),
     });
-    d.feed(completed(&effects, Some(2)));
+    let effects = d.feed(completed(&effects, Some(2)));
+    assert_eq!(d.state(), "RemovingRules");
+    assert_eq!(job(&effects).1.len(), 1);
+    d.feed(completed(&effects, None));
     assert_eq!(d.state(), "DeallocatingResources");
     let effects = d.feed(Event::Deallocated {
         request_id: "r1".into(),
     });
     assert!(matches!(
         reply(&effects),
-        Some(NorthboundReply::RequestFinished { succeeded: true, message, .. }) if message.contains("BAD_OUT_PORT")
+        Some(NorthboundReply::RequestFinished {
+            succeeded: true,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn a_delete_whose_rules_stay_leaves_the_flow_failed_with_its_resources() {
+    let mut d = delete_driver();
+    let mut effects = d.feed(Event::Start {
+        existing: Some(flow_record(FlowStatus::Up)),
+    });
+    for _ in 0..=T.rollback_retries {
+        effects = d.feed(completed(&effects, Some(0)));
+    }
+    assert_eq!(d.state(), "FinishedWithError");
+    assert_eq!(saved_status(&effects), Some(FlowStatus::Failed));
+    assert!(!effects
+        .iter()
+        .any(|e| matches!(e, Effect::Deallocate | Effect::RemoveFlow)));
+    assert!(matches!(
+        reply(&effects),
+        Some(NorthboundReply::RequestFinished { succeeded: false, message, .. }) if message.contains("was UP") && message.contains("BAD_OUT_PORT")
     ));
 }
 
@@ -453,7 +503,7 @@ fn delete_of_an_unknown_flow_is_not_found() {
 }
 
 #[test]
-fn a_delete_that_times_out_restores_the_previous_status() {
+fn a_delete_that_times_out_ends_failed() {
     let mut d = delete_driver();
     let mut effects = d.feed(Event::Start {
         existing: Some(flow_record(FlowStatus::Down)),
@@ -464,7 +514,7 @@ fn a_delete_that_times_out_restores_the_previous_status() {
         });
     }
     assert_eq!(d.state(), "FinishedWithError");
-    assert_eq!(saved_status(&effects), Some(FlowStatus::Down));
+    assert_eq!(saved_status(&effects), Some(FlowStatus::Failed));
 }
 
 /// Every transition reachable from `start`, found by feeding each state every
