@@ -267,10 +267,8 @@ async fn callbacks_survive_sigkill_and_overdue_ones_fire_on_restart() {
     }
 }
 
-// Fails against tansu 0.6: after one member leaves (SIGTERM, LeaveGroup) or
-// dies, the remaining member is never rebalanced onto the freed partitions, so
-// their callbacks wait for a new member. Run with `--ignored` against Kafka.
-#[ignore = "tansu 0.6 does not rebalance the remaining member after another leaves"]
+// tansu 0.6 hands the remaining member its old partitions only; the runtime
+// then rejoins afresh (see `KafkaConfig::rejoin_on_unchanged_assignment`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_instances_partitions_are_taken_over_and_fire() {
     let broker = TestBroker::start().await;
