@@ -160,6 +160,11 @@ impl HubHandler {
                 // Same request id: a redelivered command, already being handled.
                 return Ok(None);
             }
+            if state.finished.get(&flow_id) == Some(&request_id) {
+                // Redelivered after it finished (a crash before the commit):
+                // its answers were sent already.
+                return Ok(None);
+            }
             if overloaded {
                 let message = format!(
                     "{} requests in flight; try again later",
@@ -275,17 +280,21 @@ impl HubHandler {
             let done = state.requests.remove(flow_id).expect("still there");
             info!(flow_id, request_id = %done.request.core().request_id, state = %done.request.state(), "request finished");
             metrics::counter!("wfm_hub_requests_finished_total", "kind" => done.request.kind(), "state" => done.request.state()).increment(1);
+            let last_request_id = done.request.core().request_id.clone();
+            state
+                .finished
+                .insert(flow_id.to_owned(), last_request_id.clone());
             if let Some((seq, hash)) = head {
                 state
                     .history_heads
                     .insert(flow_id.to_owned(), (seq, hash.clone()));
                 let id = ids::derive(&["head", flow_id, &seq.to_string()]);
-                out.send_state(
-                    Topic::HubState,
-                    &history_key(flow_id),
-                    &HubStateRecord::HistoryHead { seq, hash },
-                    id,
-                )?;
+                let record = HubStateRecord::HistoryHead {
+                    seq,
+                    hash,
+                    last_request_id,
+                };
+                out.send_state(Topic::HubState, &history_key(flow_id), &record, id)?;
             }
             out.tombstone(Topic::HubState, &request_key(flow_id));
             self.inspector.remove(flow_id);

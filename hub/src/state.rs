@@ -26,10 +26,13 @@ pub struct InFlight {
 #[serde(tag = "kind", content = "payload", rename_all = "snake_case")]
 pub enum HubStateRecord {
     RequestSnapshot(Box<InFlight>),
-    /// The chain head of a flow with no request in flight.
+    /// The chain head of a flow with no request in flight, and the request
+    /// that finished last on it (so that a redelivered command is known).
     HistoryHead {
         seq: u64,
         hash: String,
+        #[serde(default)]
+        last_request_id: String,
     },
 }
 
@@ -46,6 +49,8 @@ pub struct PartitionState {
     pub flows: HashMap<String, FlowRecord>,
     pub requests: HashMap<String, InFlight>,
     pub history_heads: HashMap<String, (u64, String)>,
+    /// Per flow, the request that finished last.
+    pub finished: HashMap<String, String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,12 +91,18 @@ impl PartitionState {
             }
             (None, false) => {
                 self.history_heads.remove(&flow_id);
+                self.finished.remove(&flow_id);
             }
             (Some(value), _) => match open(&key, value)? {
                 HubStateRecord::RequestSnapshot(in_flight) => {
                     self.requests.insert(flow_id, *in_flight);
                 }
-                HubStateRecord::HistoryHead { seq, hash } => {
+                HubStateRecord::HistoryHead {
+                    seq,
+                    hash,
+                    last_request_id,
+                } => {
+                    self.finished.insert(flow_id.clone(), last_request_id);
                     self.history_heads.insert(flow_id, (seq, hash));
                 }
             },
@@ -107,4 +118,41 @@ fn open<M: wfm_protocol::Message>(key: &str, value: &[u8]) -> Result<M, CorruptR
             key: key.to_owned(),
             reason: e.to_string(),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded(record: &HubStateRecord) -> Vec<u8> {
+        Envelope::new(record, "hub", "c").unwrap().encode()
+    }
+
+    #[test]
+    fn a_history_head_remembers_the_last_finished_request_until_tombstoned() {
+        let mut state = PartitionState::default();
+        let head = HubStateRecord::HistoryHead {
+            seq: 7,
+            hash: "h".into(),
+            last_request_id: "r9".into(),
+        };
+        state
+            .apply_state(history_key("f1"), Some(&encoded(&head)))
+            .unwrap();
+        assert_eq!(state.finished["f1"], "r9");
+        assert_eq!(state.history_heads["f1"], (7, "h".to_owned()));
+        state.apply_state(history_key("f1"), None).unwrap();
+        assert!(state.finished.is_empty() && state.history_heads.is_empty());
+    }
+
+    #[test]
+    fn unknown_keys_and_garbage_are_reported_not_applied() {
+        let mut state = PartitionState::default();
+        assert!(state.apply_state("weird/f1".into(), Some(b"{}")).is_err());
+        assert!(state
+            .apply_state(request_key("f1"), Some(b"not json"))
+            .is_err());
+        assert!(state.apply_flow("f1".into(), Some(b"nope")).is_err());
+        assert!(state.requests.is_empty() && state.flows.is_empty());
+    }
 }
