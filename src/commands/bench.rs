@@ -119,7 +119,7 @@ pub async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
     let cluster = Cluster::join(config).await?;
     let kafka = cluster.config.kafka.clone();
     let floor = hop_floor(&kafka, args.pings).await?;
-    let watcher = FlowWatcher::start(&kafka)?;
+    let watcher = FlowWatcher::start(&kafka).await?;
     let http = reqwest::Client::new();
     let run_id = format!("{:x}", rand::random::<u32>());
     let ids: Vec<String> = (0..args.flows)
@@ -294,8 +294,8 @@ struct FlowWatcher {
 }
 
 impl FlowWatcher {
-    fn start(kafka: &KafkaConfig) -> anyhow::Result<Self> {
-        let consumer = assign_all(kafka, Topic::Flows, Offset::End)?;
+    async fn start(kafka: &KafkaConfig) -> anyhow::Result<Self> {
+        let consumer = assign_from_end(kafka, Topic::Flows).await?;
         let seen: Sightings = Arc::default();
         let sink = seen.clone();
         let task = tokio::spawn(async move {
@@ -345,17 +345,27 @@ impl FlowWatcher {
     }
 }
 
-fn assign_all(kafka: &KafkaConfig, topic: Topic, offset: Offset) -> anyhow::Result<StreamConsumer> {
+/// A consumer of every partition of `topic` from the high watermarks as
+/// they are now. Explicit offsets rather than `Offset::End`, which is only
+/// resolved at the first fetch and would miss what is written before it.
+/// (tansu may report a watermark short of its last batch: that only means
+/// reading a few older records, which the bench ignores.)
+async fn assign_from_end(kafka: &KafkaConfig, topic: Topic) -> anyhow::Result<StreamConsumer> {
     let mut config = client_config(kafka, &kafka.consumer);
     config.set("group.id", format!("wfm-bench-{:x}", rand::random::<u64>()));
-    let consumer: StreamConsumer = config.create()?;
+    let consumer = Arc::new(config.create::<StreamConsumer>()?);
     let name = kafka.topics().name(topic);
     let mut assignment = TopicPartitionList::new();
     for partition in 0..kafka.partitions_of(topic) {
-        assignment.add_partition_offset(&name, partition, offset)?;
+        let (watermarks, name_copy) = (consumer.clone(), name.clone());
+        let (_, high) = tokio::task::spawn_blocking(move || {
+            watermarks.fetch_watermarks(&name_copy, partition, Duration::from_secs(10))
+        })
+        .await??;
+        assignment.add_partition_offset(&name, partition, Offset::Offset(high))?;
     }
     consumer.assign(&assignment)?;
-    Ok(consumer)
+    Arc::into_inner(consumer).context("watermark lookups finished")
 }
 
 /// One-way latency of a bare produce→consume hop, with the system's settings.
@@ -372,15 +382,18 @@ async fn hop_floor(kafka: &KafkaConfig, pings: usize) -> anyhow::Result<Latencie
     config.set("group.id", format!("wfm-bench-{:x}", rand::random::<u64>()));
     let consumer: StreamConsumer = config.create()?;
     let mut assignment = TopicPartitionList::new();
-    assignment.add_partition_offset(&topic, 0, Offset::End)?;
+    // From the beginning: pings of earlier runs are skipped by key below.
+    assignment.add_partition_offset(&topic, 0, Offset::Beginning)?;
     consumer.assign(&assignment)?;
     let producer = Producer::new(kafka)?;
     let mut samples = Vec::with_capacity(pings);
+    let run = format!("{:x}", rand::random::<u64>());
     // The first pings also wait for the assignment to take effect: not counted.
     for i in 0..pings + 10 {
+        let key = format!("{run}-{i}");
         let ping = Outgoing {
             topic: topic.clone(),
-            key: i.to_string(),
+            key: key.clone(),
             partition: Some(0),
             value: Some(i.to_string().into_bytes()),
         };
@@ -390,7 +403,7 @@ async fn hop_floor(kafka: &KafkaConfig, pings: usize) -> anyhow::Result<Latencie
             let message = tokio::time::timeout(Duration::from_secs(10), consumer.recv())
                 .await
                 .context("hop floor: ping not received within 10 s")??;
-            if message.key() == Some(i.to_string().as_bytes()) {
+            if message.key() == Some(key.as_bytes()) {
                 break;
             }
         }
