@@ -64,6 +64,8 @@ pub enum Command {
     Up {
         #[command(flatten)]
         broker: BrokerArgs,
+        #[command(flatten)]
+        northbound: crate::commands::northbound::NorthboundArgs,
     },
     /// Run only the embedded broker and provision the topics.
     Broker {
@@ -76,6 +78,15 @@ pub enum Command {
     Hub,
     /// Run one coordinator instance (durable callbacks and timeouts) against a running cluster.
     Coordinator,
+    /// Run the northbound REST API against a running cluster.
+    Northbound(crate::commands::northbound::NorthboundArgs),
+    /// Flows through the REST API: create, get, list, delete, history.
+    Flow {
+        #[command(flatten)]
+        client: crate::commands::flow::Client,
+        #[command(subcommand)]
+        command: crate::commands::flow::FlowCommand,
+    },
     /// Run the worker spokes: resource manager (paths, allocation) and/or speaker worker (switch commands).
     Worker(crate::commands::worker::WorkerArgs),
     /// Run the simulated switch controller: topology, flow and meter tables, fault injection.

@@ -18,6 +18,7 @@ pub struct Config {
     pub resources: wfm_workers::ResourcesConfig,
     pub speaker: wfm_workers::SpeakerConfig,
     pub hub: wfm_hub::HubConfig,
+    pub northbound: wfm_northbound::NorthboundConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -4,7 +4,9 @@ pub mod bench;
 pub mod check;
 mod coordinator;
 pub mod dlq;
+pub mod flow;
 mod hub;
+pub mod northbound;
 mod scan;
 pub mod simulator;
 mod system;
@@ -19,10 +21,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut config = Config::load(cli.global.config.as_deref())?;
     apply_global_overrides(&mut config, &cli.global);
     match cli.command {
-        Command::Up { broker } => system::up(config, &broker).await,
+        Command::Up { broker, northbound } => {
+            northbound.apply(&mut config);
+            system::up(config, &broker).await
+        }
         Command::Broker { broker } => system::broker_only(config, &broker).await,
         Command::Coordinator => coordinator::run(config).await,
         Command::Hub => hub::run(config).await,
+        Command::Northbound(args) => {
+            args.apply(&mut config);
+            northbound::run(config).await
+        }
+        Command::Flow { client, command } => flow::run(client, command).await,
         Command::Bench(args) => bench::run(config, args).await,
         Command::Simulator(args) => simulator::run(config, args).await,
         Command::Worker(args) => worker::run(config, args).await,

@@ -134,18 +134,17 @@ pub async fn up(config: Config, args: &BrokerArgs) -> anyhow::Result<()> {
     let service = cluster.service(&registry, &shutdown)?;
     let mut components = JoinSet::new();
     // Each component is added here as `components.spawn(async move { ("name", run(..).await) })`.
-    let coordinator = cluster.config.coordinator.clone();
+    let coordinator = wfm_coordinator::Coordinator::new(cluster.config.coordinator.clone());
+    let inspector = HubInspector::default();
+    // In one process the northbound inspects the hub and coordinator live, not from changelogs.
+    let sources = wfm_northbound::InspectSources {
+        hub: Some(inspector.clone()),
+        coordinator: Some(coordinator.stats()),
+    };
     let coordinator_service = service.clone();
-    components.spawn(async move {
-        let result = wfm_coordinator::run(coordinator_service, coordinator).await;
-        ("coordinator", result)
-    });
-    super::hub::spawn(
-        &mut components,
-        &cluster.config,
-        &service,
-        HubInspector::default(),
-    );
+    components.spawn(async move { ("coordinator", coordinator.run(coordinator_service).await) });
+    super::hub::spawn(&mut components, &cluster.config, &service, inspector);
+    super::northbound::spawn(&mut components, &cluster.config, &service, sources);
     let simulator = super::simulator::from_env(&cluster.config)?;
     let simulator_service = service.clone();
     components.spawn(async move {

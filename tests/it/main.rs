@@ -1,9 +1,11 @@
 //! Integration tests: every one runs against a real Kafka-protocol broker.
 
 mod broker;
+mod chaos;
 mod coordinator;
 mod harness;
 mod hub;
+mod northbound;
 mod runtime;
 mod simulator;
 mod system;

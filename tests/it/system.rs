@@ -71,6 +71,11 @@ impl System {
     }
 
     pub async fn start_component(&mut self, component: &'static str) {
+        self.start_instance(component, component).await;
+    }
+
+    /// Starts another instance of `component`, known to [`System::kill`] as `name`.
+    pub async fn start_instance(&mut self, name: &'static str, component: &'static str) {
         let config = self.config_path.to_str().expect("utf-8 path").to_owned();
         let mut args = vec![component.to_owned(), "--config".into(), config];
         if component == "simulator" {
@@ -78,12 +83,12 @@ impl System {
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let process = WfmProcess::spawn(&args, Some(&self.broker.kafka)).await;
-        self.processes.insert(component, process);
+        self.processes.insert(name, process);
     }
 
-    /// SIGKILL: the component gets no chance to flush, commit or say goodbye.
-    pub async fn kill(&mut self, component: &'static str) {
-        if let Some(process) = self.processes.remove(component) {
+    /// SIGKILL: the instance gets no chance to flush, commit or say goodbye.
+    pub async fn kill(&mut self, name: &'static str) {
+        if let Some(process) = self.processes.remove(name) {
             process.kill().await;
         }
     }
@@ -225,7 +230,7 @@ impl Drop for HubClient {
 }
 
 impl HubClient {
-    async fn start(kafka: &KafkaConfig) -> Self {
+    pub async fn start(kafka: &KafkaConfig) -> Self {
         let replies = Arc::new(Mutex::new(Vec::new()));
         let mut config = wfm_runtime::producer::client_config(kafka, &Default::default());
         config.set(
