@@ -275,11 +275,12 @@ impl HubHandler {
         in_flight.history_head = head.clone();
         in_flight.last_history = history;
         let terminal = outcome.is_err() || in_flight.request.is_terminal();
-        metrics::counter!("wfm_hub_events_total", "state" => before).increment(1);
+        self.inspector.count_event(&before);
         if terminal {
             let done = state.requests.remove(flow_id).expect("still there");
             info!(flow_id, request_id = %done.request.core().request_id, state = %done.request.state(), "request finished");
-            metrics::counter!("wfm_hub_requests_finished_total", "kind" => done.request.kind(), "state" => done.request.state()).increment(1);
+            self.inspector
+                .count_outcome(done.request.kind(), done.request.state());
             let last_request_id = done.request.core().request_id.clone();
             state
                 .finished

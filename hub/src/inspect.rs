@@ -1,6 +1,7 @@
 //! What operators see of the hub: every request in flight with its state,
-//! age and correlation id.
+//! age and correlation id, events handled per state, and outcomes.
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -20,6 +21,10 @@ pub struct RequestSummary {
 #[derive(Debug, Clone, Default)]
 pub struct HubInspector {
     in_flight: Arc<DashMap<String, RequestSummary>>,
+    /// Events handled, by the state the request was in.
+    events: Arc<DashMap<String, u64>>,
+    /// Finished requests, by kind and terminal state.
+    outcomes: Arc<DashMap<(&'static str, String), u64>>,
 }
 
 impl HubInspector {
@@ -43,5 +48,47 @@ impl HubInspector {
 
     pub fn count(&self) -> usize {
         self.in_flight.len()
+    }
+
+    pub fn count_event(&self, state: &str) {
+        *self.events.entry(state.to_owned()).or_default() += 1;
+    }
+
+    pub fn count_outcome(&self, kind: &'static str, state: String) {
+        *self.outcomes.entry((kind, state)).or_default() += 1;
+    }
+
+    /// Prometheus text: requests in flight per state, events per state, outcomes.
+    pub fn render_prometheus(&self) -> String {
+        let mut out = String::from("# TYPE wfm_hub_requests_in_flight gauge\n");
+        let mut per_state: std::collections::BTreeMap<String, u64> = Default::default();
+        for request in self.in_flight.iter() {
+            *per_state.entry(request.state.clone()).or_default() += 1;
+        }
+        for (state, count) in per_state {
+            let _ = writeln!(
+                out,
+                "wfm_hub_requests_in_flight{{state=\"{state}\"}} {count}"
+            );
+        }
+        out.push_str("# TYPE wfm_hub_events_total counter\n");
+        for entry in self.events.iter() {
+            let _ = writeln!(
+                out,
+                "wfm_hub_events_total{{state=\"{}\"}} {}",
+                entry.key(),
+                entry.value()
+            );
+        }
+        out.push_str("# TYPE wfm_hub_requests_finished_total counter\n");
+        for entry in self.outcomes.iter() {
+            let (kind, state) = entry.key();
+            let _ = writeln!(
+                out,
+                "wfm_hub_requests_finished_total{{kind=\"{kind}\",state=\"{state}\"}} {}",
+                entry.value()
+            );
+        }
+        out
     }
 }

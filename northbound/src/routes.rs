@@ -359,6 +359,9 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
     if let Some(stats) = &state.sources.coordinator {
         text.push_str(&stats.render_prometheus());
     }
+    if let Some(hub) = &state.sources.hub {
+        text.push_str(&hub.render_prometheus());
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,

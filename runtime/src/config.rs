@@ -30,7 +30,7 @@ pub struct KafkaConfig {
     pub max_in_flight: usize,
     pub retry: RetryConfig,
     /// Leave and rejoin the group when a rebalance hands a member back exactly
-    /// the partitions it had (at most every 30 s). tansu 0.6 answers a
+    /// the partitions it had (at most every 5 s). tansu 0.6 answers a
     /// member's death that way, leaving the dead member's partitions unowned;
     /// on a broker that reassigns them, this costs one extra rebalance.
     pub rejoin_on_unchanged_assignment: bool,
@@ -72,6 +72,11 @@ impl KafkaConfig {
         self.consumer
             .entry("fetch.wait.max.ms".into())
             .or_insert_with(|| "5".into());
+        // A member that died is only replaced once its session expires:
+        // 6 s is the lowest a stock Kafka broker accepts, tansu takes less.
+        self.consumer
+            .entry("session.timeout.ms".into())
+            .or_insert_with(|| "3000".into());
         self.client
             .entry("broker.address.family".into())
             .or_insert_with(|| "v4".into());

@@ -156,8 +156,11 @@ pub async fn run<H: Handler>(
     .await
 }
 
-/// How often a member may leave and rejoin to recover from a stale assignment.
-const FRESH_REJOIN_PERIOD: Duration = Duration::from_secs(30);
+/// How often a member may leave and rejoin to recover from a stale
+/// assignment. One member's fresh rejoin can hand another member its old
+/// partitions again; the period is what stops that from ping-ponging, and it
+/// is short because it also delays recovery from a death right after one.
+const FRESH_REJOIN_PERIOD: Duration = Duration::from_secs(5);
 
 enum RebalanceEvent {
     Assigned(Vec<TopicPartition>),
@@ -272,6 +275,22 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// Partitions of every subscribed topic, as provisioned.
+    fn partition_count(&self) -> usize {
+        let topics = &self.ctx.topics;
+        self.spec
+            .topics
+            .iter()
+            .map(|name| {
+                topics
+                    .parse(name)
+                    .map_or(self.ctx.kafka.partitions, |topic| {
+                        self.ctx.kafka.partitions_of(topic)
+                    }) as usize
+            })
+            .sum()
+    }
+
     fn connect(&mut self) -> Result<(), WfmError> {
         let mut config = client_config(&self.ctx.kafka, &Default::default());
         config
@@ -382,7 +401,10 @@ impl<'a> Session<'a> {
             RebalanceEvent::Assigned(partitions) => {
                 info!(?partitions, "partitions assigned");
                 if let Some(revoked) = self.last_revoked.take() {
+                    // Owning every partition, a member cannot be missing any.
+                    let owns_all = partitions.len() >= self.partition_count();
                     if self.may_rejoin_afresh
+                        && !owns_all
                         && !revoked.is_empty()
                         && same_set(&revoked, &partitions)
                     {

@@ -292,9 +292,13 @@ async fn a_killed_hub_resumes_every_request_to_a_terminal_state() {
     system.start_component("hub").await;
 
     for request in &requests {
+        // A request can also be turned down (e.g. its allocation timed out
+        // while the hub was away) before it finishes its rollback.
         let outcome = system
             .client
-            .outcome(request, Duration::from_secs(90))
+            .wait_for(request, Duration::from_secs(90), |r| {
+                matches!(r, NorthboundReply::RequestFinished { .. })
+            })
             .await;
         assert!(
             matches!(outcome, Some(NorthboundReply::RequestFinished { .. })),
@@ -304,11 +308,15 @@ async fn a_killed_hub_resumes_every_request_to_a_terminal_state() {
     let flows = system.flows().await;
     let rules = system.installed_rules().await;
     for spec in &specs {
-        let record = &flows[&spec.flow_id];
         let count = rules
             .iter()
             .filter(|(_, flow, _)| *flow == spec.flow_id)
             .count();
+        // No record: the request ended before anything was allocated.
+        let Some(record) = flows.get(&spec.flow_id) else {
+            assert_eq!(count, 0, "{} has rules but no record", spec.flow_id);
+            continue;
+        };
         match record.status {
             FlowStatus::Up => {
                 let hops = record.path.as_ref().map(|p| p.forward.len()).unwrap_or(0);

@@ -38,6 +38,8 @@ struct Recorder {
     seen: Arc<Mutex<Vec<Seen>>>,
     attempts: Arc<Mutex<HashMap<u32, usize>>>,
     fail_times: HashMap<u32, usize>,
+    /// Time each record takes, to keep a member busy mid-stream.
+    work: Duration,
 }
 
 #[async_trait]
@@ -50,6 +52,7 @@ impl Handler for Recorder {
         delivery: &Delivery<TestMessage>,
     ) -> Result<Vec<Outgoing>, WfmError> {
         let TestMessage::Ping { seq } = delivery.message;
+        tokio::time::sleep(self.work).await;
         let attempt = {
             let mut attempts = self.attempts.lock().unwrap();
             let n = attempts.entry(seq).or_default();
@@ -328,9 +331,15 @@ async fn a_killed_member_is_taken_over_from_the_last_committed_offset() {
     for seq in 0..TOTAL {
         sender.ping(&format!("flow-{}", seq % 7), seq).await;
     }
-    let first = Recorder::default();
+    // Slow enough that the member is still mid-stream after several auto-commits.
+    let first = Recorder {
+        work: Duration::from_millis(10),
+        ..Recorder::default()
+    };
     let member = start_member(&broker.kafka, "first", "takeover", first.clone());
     assert!(eventually(WAIT, || first.seqs().len() >= 50).await);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(first.seqs().len() < TOTAL as usize, "still mid-stream");
     // Gone without a goodbye: no final commit, no group leave.
     member.task.abort();
     let _ = member.task.await;
