@@ -340,3 +340,80 @@ async fn a_killed_hub_resumes_every_request_to_a_terminal_state() {
         "no rule without a flow"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trace_of_a_real_create_shows_its_hops_in_order() {
+    let system = System::start().await;
+    let spec = flow("traced", endpoint(1, 4, 0), endpoint(3, 4, 0), 1_000);
+    let request = system.client.create(&spec).await;
+    let outcome = system.client.outcome(&request, OUTCOME).await;
+    assert!(matches!(
+        outcome,
+        Some(NorthboundReply::RequestFinished {
+            succeeded: true,
+            ..
+        })
+    ));
+
+    let kafka = &system.broker.kafka;
+    let output = tokio::process::Command::new(crate::harness::WFM)
+        .args(["trace", &request, "--json"])
+        .env("WFM_KAFKA_BROKERS", &kafka.brokers)
+        .env("WFM_LOG", "warn")
+        .output()
+        .await
+        .expect("wfm trace runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let trace: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON trace");
+    let hops = trace["hops"].as_array().expect("hops");
+    let messages: Vec<(String, String)> = hops
+        .iter()
+        .filter(|hop| hop["history"] == false)
+        .map(|hop| {
+            let envelope = &hop["envelope"];
+            (
+                envelope["source"].as_str().unwrap_or_default().to_owned(),
+                envelope["kind"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    // The create's critical path, in order: every job goes hub → speaker →
+    // switch → speaker → hub.
+    let mut expected = vec![
+        ("test", "create_flow"),
+        ("hub", "allocate"),
+        ("resources", "allocated"),
+    ];
+    for command in ["install_rule", "verify_rule", "install_rule", "verify_rule"] {
+        expected.extend([
+            ("hub", "run_job"),
+            ("speaker", command),
+            ("simulator", "switch_reply"),
+            ("speaker", "job_completed"),
+        ]);
+    }
+    expected.push(("hub", "request_finished"));
+    let mut rest = messages.iter();
+    for (source, kind) in &expected {
+        assert!(
+            rest.any(|(s, k)| s == source && k == kind),
+            "{source}/{kind} missing or out of order in {messages:?}"
+        );
+    }
+    let hop_ms: Vec<i64> = hops
+        .iter()
+        .map(|h| h["hop_ms"].as_i64().unwrap_or(-1))
+        .collect();
+    assert!(
+        hop_ms.iter().all(|ms| *ms >= 0),
+        "hop latencies: {hop_ms:?}"
+    );
+    assert!(
+        hops.iter().any(|h| h["history"] == true),
+        "FSM transitions are in the trace"
+    );
+}
