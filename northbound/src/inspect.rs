@@ -17,6 +17,7 @@ use wfm_runtime::KafkaConfig;
 pub struct InspectSources {
     pub hub: Option<HubInspector>,
     pub coordinator: Option<Stats>,
+    pub speaker: Option<wfm_workers::SpeakerStats>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -87,6 +88,16 @@ impl InspectSources {
             .collect();
         requests.sort_by_key(|r| r.started_at);
         json!({ "source": "changelog", "requests": requests })
+    }
+
+    pub fn speaker(&self) -> Value {
+        match &self.speaker {
+            Some(stats) => json!({ "source": "in_process", "stats": stats.snapshot() }),
+            None => json!({
+                "source": "unavailable",
+                "error": "the speaker worker runs in another process"
+            }),
+        }
     }
 
     pub fn coordinator(&self) -> Value {

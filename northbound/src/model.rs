@@ -333,6 +333,10 @@ pub struct InspectResponse {
     /// Coordinator callback counts, or why they are unavailable.
     #[schema(value_type = Object)]
     pub coordinator: serde_json::Value,
+    /// Speaker worker counters (commands sent, retried, timed out, stale
+    /// replies ignored, job latency), or why they are unavailable.
+    #[schema(value_type = Object)]
+    pub speaker: serde_json::Value,
     /// Every consumer loop of this process with its state and counters.
     #[schema(value_type = Vec<Object>)]
     pub consumers: serde_json::Value,

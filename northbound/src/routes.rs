@@ -304,6 +304,7 @@ pub(crate) async fn inspect(State(state): State<AppState>) -> Json<InspectRespon
     Json(InspectResponse {
         hub: state.sources.hub(&state.service.kafka).await,
         coordinator: state.sources.coordinator(),
+        speaker: state.sources.speaker(),
         consumers,
         northbound: NorthboundInspect {
             pending: state.pending.len(),
@@ -361,6 +362,9 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
     }
     if let Some(hub) = &state.sources.hub {
         text.push_str(&hub.render_prometheus());
+    }
+    if let Some(speaker) = &state.sources.speaker {
+        text.push_str(&speaker.render_prometheus());
     }
     (
         [(

@@ -136,10 +136,17 @@ pub async fn up(config: Config, args: &BrokerArgs) -> anyhow::Result<()> {
     // Each component is added here as `components.spawn(async move { ("name", run(..).await) })`.
     let coordinator = wfm_coordinator::Coordinator::new(cluster.config.coordinator.clone());
     let inspector = HubInspector::default();
-    // In one process the northbound inspects the hub and coordinator live, not from changelogs.
+    let speaker = super::worker::spawn(
+        &mut components,
+        &cluster.config,
+        &service,
+        super::worker::Role::All,
+    );
+    // In one process the northbound inspects the hub, coordinator and speaker live, not from changelogs.
     let sources = wfm_northbound::InspectSources {
         hub: Some(inspector.clone()),
         coordinator: Some(coordinator.stats()),
+        speaker,
     };
     let coordinator_service = service.clone();
     components.spawn(async move { ("coordinator", coordinator.run(coordinator_service).await) });
@@ -151,12 +158,6 @@ pub async fn up(config: Config, args: &BrokerArgs) -> anyhow::Result<()> {
         let result = wfm_simulators::run(simulator_service, simulator).await;
         ("simulator", result)
     });
-    super::worker::spawn(
-        &mut components,
-        &cluster.config,
-        &service,
-        super::worker::Role::All,
-    );
     cluster.announce_ready();
     supervise(components, shutdown).await
 }

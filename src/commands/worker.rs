@@ -39,7 +39,7 @@ pub fn spawn(
     config: &Config,
     service: &Service,
     role: Role,
-) {
+) -> Option<wfm_workers::SpeakerStats> {
     if matches!(role, Role::Resources | Role::All) {
         let (service, resources) = (service.clone(), config.resources.clone());
         components.spawn(async move {
@@ -47,11 +47,12 @@ pub fn spawn(
             ("resources", result)
         });
     }
-    if matches!(role, Role::Speaker | Role::All) {
-        let (service, speaker) = (service.clone(), config.speaker.clone());
-        components.spawn(async move {
-            let result = wfm_workers::run_speaker(service, speaker).await;
-            ("speaker", result)
-        });
+    if !matches!(role, Role::Speaker | Role::All) {
+        return None;
     }
+    let speaker = wfm_workers::Speaker::new(config.speaker.clone());
+    let stats = speaker.stats();
+    let service = service.clone();
+    components.spawn(async move { ("speaker", speaker.run(service).await) });
+    Some(stats)
 }

@@ -103,6 +103,20 @@ impl SpeakerStats {
             .fetch_max(latency_ms, Ordering::Relaxed);
     }
 
+    /// Prometheus text: one `wfm_speaker_<counter>` line per counter.
+    pub fn render_prometheus(&self) -> String {
+        let snapshot = serde_json::to_value(self.snapshot()).unwrap_or_default();
+        let mut out = String::new();
+        for (name, value) in snapshot.as_object().into_iter().flatten() {
+            if let Some(value) = value.as_u64() {
+                out.push_str(&format!(
+                    "# TYPE wfm_speaker_{name} counter\nwfm_speaker_{name} {value}\n"
+                ));
+            }
+        }
+        out
+    }
+
     pub fn snapshot(&self) -> SpeakerStatsSnapshot {
         let c = &self.0;
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
