@@ -1,15 +1,14 @@
 //! `wfm hub`: one hub instance in a process of its own; several share the
 //! flows' partitions through the consumer group.
 
-use tokio::task::JoinSet;
 use wfm_hub::HubInspector;
-use wfm_runtime::{Registry, Service};
+use wfm_runtime::Service;
 
-use super::system::{shutdown_signal, supervise, Cluster};
+use super::system::{run_alone, Components};
 use crate::config::Config;
 
 pub fn spawn(
-    components: &mut JoinSet<(&'static str, anyhow::Result<()>)>,
+    components: &mut Components,
     config: &Config,
     service: &Service,
     inspector: HubInspector,
@@ -19,16 +18,8 @@ pub fn spawn(
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let shutdown = shutdown_signal();
-    let cluster = Cluster::join(config).await?;
-    let service = cluster.service(&Registry::default(), &shutdown)?;
-    let mut components = JoinSet::new();
-    spawn(
-        &mut components,
-        &cluster.config,
-        &service,
-        HubInspector::default(),
-    );
-    cluster.announce_ready();
-    supervise(components, shutdown).await
+    run_alone(config, |components, config, service| {
+        spawn(components, config, service, HubInspector::default())
+    })
+    .await
 }

@@ -4,11 +4,10 @@
 use std::net::SocketAddr;
 
 use clap::Args;
-use tokio::task::JoinSet;
 use wfm_northbound::InspectSources;
-use wfm_runtime::{Registry, Service};
+use wfm_runtime::Service;
 
-use super::system::{shutdown_signal, supervise, Cluster};
+use super::system::{run_alone, Components};
 use crate::config::Config;
 
 #[derive(Debug, Args)]
@@ -27,7 +26,7 @@ impl NorthboundArgs {
 }
 
 pub fn spawn(
-    components: &mut JoinSet<(&'static str, anyhow::Result<()>)>,
+    components: &mut Components,
     config: &Config,
     service: &Service,
     sources: InspectSources,
@@ -40,16 +39,8 @@ pub fn spawn(
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let shutdown = shutdown_signal();
-    let cluster = Cluster::join(config).await?;
-    let service = cluster.service(&Registry::default(), &shutdown)?;
-    let mut components = JoinSet::new();
-    spawn(
-        &mut components,
-        &cluster.config,
-        &service,
-        InspectSources::default(),
-    );
-    cluster.announce_ready();
-    supervise(components, shutdown).await
+    run_alone(config, |components, config, service| {
+        spawn(components, config, service, InspectSources::default())
+    })
+    .await
 }

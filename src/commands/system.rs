@@ -102,7 +102,7 @@ pub fn shutdown_signal() -> CancellationToken {
 
 /// Runs component tasks until shutdown; the first one to fail stops the rest.
 pub async fn supervise(
-    mut components: JoinSet<(&'static str, anyhow::Result<()>)>,
+    mut components: Components,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut outcome = Ok(());
@@ -117,6 +117,23 @@ pub async fn supervise(
         }
     }
     outcome
+}
+
+pub type Components = JoinSet<(&'static str, anyhow::Result<()>)>;
+
+/// Runs the components `spawn` adds, in a process of their own that joins a
+/// running cluster, until shutdown.
+pub async fn run_alone(
+    config: Config,
+    spawn: impl FnOnce(&mut Components, &Config, &Service),
+) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal();
+    let cluster = Cluster::join(config).await?;
+    let service = cluster.service(&Registry::default(), &shutdown)?;
+    let mut components = JoinSet::new();
+    spawn(&mut components, &cluster.config, &service);
+    cluster.announce_ready();
+    supervise(components, shutdown).await
 }
 
 pub async fn broker_only(config: Config, args: &BrokerArgs) -> anyhow::Result<()> {

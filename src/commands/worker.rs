@@ -3,10 +3,9 @@
 //! through their consumer groups.
 
 use clap::{Args, ValueEnum};
-use tokio::task::JoinSet;
-use wfm_runtime::{Registry, Service};
+use wfm_runtime::Service;
 
-use super::system::{shutdown_signal, supervise, Cluster};
+use super::system::{run_alone, Components};
 use crate::config::Config;
 
 #[derive(Debug, Args)]
@@ -24,18 +23,15 @@ pub enum Role {
 }
 
 pub async fn run(config: Config, args: WorkerArgs) -> anyhow::Result<()> {
-    let shutdown = shutdown_signal();
-    let cluster = Cluster::join(config).await?;
-    let service = cluster.service(&Registry::default(), &shutdown)?;
-    let mut components = JoinSet::new();
-    spawn(&mut components, &cluster.config, &service, args.role);
-    cluster.announce_ready();
-    supervise(components, shutdown).await
+    run_alone(config, |components, config, service| {
+        spawn(components, config, service, args.role);
+    })
+    .await
 }
 
 /// Adds the spokes of `role` to `components`; `wfm up` uses it with [`Role::All`].
 pub fn spawn(
-    components: &mut JoinSet<(&'static str, anyhow::Result<()>)>,
+    components: &mut Components,
     config: &Config,
     service: &Service,
     role: Role,
