@@ -301,6 +301,10 @@ async fn follow(
     spinner.enable_steady_tick(Duration::from_millis(100));
     let deadline = tokio::time::Instant::now() + timeout;
     let path = format!("/v2/flows/{flow_id}");
+    // Reads come from a view of `wfm.flows` that trails the hub by a hop or
+    // two: a flow just accepted may not be visible yet. Only a flow that was
+    // seen and then vanished is gone.
+    let mut seen = until_gone;
     let outcome = loop {
         let response = client
             .request(http, Method::GET, &path)
@@ -313,8 +317,11 @@ async fn follow(
             status => bail!("following flow {flow_id}: {status}"),
         };
         let done = match &flow {
-            None => true,
-            Some(flow) => !until_gone && flow.status != StatusBody::InProgress,
+            None => seen,
+            Some(flow) => {
+                seen = true;
+                !until_gone && flow.status != StatusBody::InProgress
+            }
         };
         if done {
             break flow;

@@ -559,6 +559,67 @@ async fn a_silent_hub_gets_408_and_leaves_no_pending_entry() {
     assert!(metrics.contains("wfm_northbound_pending 0"), "{metrics}");
 }
 
+/// `wfm flow create|delete --wait` against the API: the client must ride out
+/// the read view trailing the hub right after a create is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_client_waits_for_create_and_delete_to_finish() {
+    let system = System::start().await;
+    let api = Api::start(&system, "").await;
+    let wfm = |args: Vec<String>| {
+        let url = api.url.clone();
+        async move {
+            tokio::process::Command::new(crate::harness::WFM)
+                .args(&args)
+                .args(["--url", &url, "--json"])
+                .env("WFM_LOG", "warn")
+                .output()
+                .await
+                .expect("wfm flow runs")
+        }
+    };
+    let create: Vec<String> = [
+        "flow",
+        "create",
+        "cli-1",
+        "--src-switch",
+        &sw(1),
+        "--src-port",
+        "1",
+        "--dst-switch",
+        &sw(4),
+        "--dst-port",
+        "2",
+        "--bandwidth",
+        "1000",
+        "--wait",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    let output = wfm(create).await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("\"UP\""), "{stdout}");
+
+    let delete = ["flow", "delete", "cli-1", "--wait"]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    let output = wfm(delete).await;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("\"deleted\":true"));
+    let (status, _) = api.get("/v2/flows/cli-1").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
 /// Property-based fuzzing of the whole API from its OpenAPI document. Needs
 /// schemathesis (`pip install schemathesis`); skipped with a message without it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
