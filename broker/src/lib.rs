@@ -6,11 +6,17 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use tansu_broker::broker::Broker;
-use tansu_broker::coordinator::group::administrator::Controller;
 use tansu_storage::StorageContainer;
 use tokio::task::JoinHandle;
 use tracing::{error, info};
 use url::Url;
+
+mod group;
+
+use group::GroupCoordinator;
+
+const NODE_ID: i32 = 1;
+const CLUSTER_ID: &str = "wfm";
 
 #[derive(Debug, Clone)]
 pub enum Storage {
@@ -39,6 +45,7 @@ impl Storage {
 pub struct EmbeddedBroker {
     addr: SocketAddr,
     task: JoinHandle<()>,
+    group_publisher: JoinHandle<()>,
 }
 
 impl EmbeddedBroker {
@@ -49,17 +56,28 @@ impl EmbeddedBroker {
             "the embedded broker advertises IPv4 only; {addr} is not"
         );
         let url = Url::parse(&format!("tcp://{addr}"))?;
-        let mut broker = Broker::<Controller<StorageContainer>, StorageContainer>::builder()
-            .node_id(1)
-            .cluster_id("wfm")
-            .incarnation_id(uuid::Uuid::now_v7())
-            .listener(url.clone())
-            .advertised_listener(url)
+        let storage_container = StorageContainer::builder()
+            .cluster_id(CLUSTER_ID)
+            .node_id(NODE_ID)
+            .advertised_listener(url.clone())
             .storage(storage.url()?)
             .silent(true)
             .build()
             .await
-            .map_err(|e| anyhow::anyhow!("embedded broker: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("embedded broker storage: {e}"))?;
+        let groups = GroupCoordinator::new(storage_container.clone())
+            .map_err(|e| anyhow::anyhow!("embedded broker groups: {e}"))?;
+        let group_publisher = tokio::spawn(groups.publisher());
+        let mut broker = Broker::new(
+            NODE_ID,
+            CLUSTER_ID,
+            url.clone(),
+            url,
+            storage_container,
+            groups,
+            uuid::Uuid::now_v7(),
+        )
+        .silent(true);
         let task = tokio::spawn(async move {
             if let Err(e) = broker.serve(tokio::time::Instant::now()).await {
                 error!(error = %e, "embedded broker stopped");
@@ -67,7 +85,11 @@ impl EmbeddedBroker {
         });
         wait_until_listening(addr, &task).await?;
         info!(%addr, ?storage, "embedded broker listening");
-        Ok(Self { addr, task })
+        Ok(Self {
+            addr,
+            task,
+            group_publisher,
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -83,6 +105,7 @@ impl EmbeddedBroker {
 impl Drop for EmbeddedBroker {
     fn drop(&mut self) {
         self.task.abort();
+        self.group_publisher.abort();
     }
 }
 
