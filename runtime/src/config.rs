@@ -29,13 +29,6 @@ pub struct KafkaConfig {
     /// it the consumer pauses until the broker catches up.
     pub max_in_flight: usize,
     pub retry: RetryConfig,
-    /// Leave and rejoin the group when a rebalance hands a member back exactly
-    /// the partitions it had (at most every 5 s). tansu 0.6 answers a
-    /// member's death that way, leaving the dead member's partitions unowned;
-    /// on a broker that reassigns them, this costs one extra rebalance. Off
-    /// by default: with two live members it can leave a consumer's close
-    /// waiting on a rebalance that does not settle (seen in a test).
-    pub rejoin_on_unchanged_assignment: bool,
 }
 
 impl Default for KafkaConfig {
@@ -51,7 +44,6 @@ impl Default for KafkaConfig {
             max_record_bytes: 1024 * 1024,
             max_in_flight: 10_000,
             retry: RetryConfig::default(),
-            rejoin_on_unchanged_assignment: false,
         }
     }
 }

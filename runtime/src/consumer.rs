@@ -116,26 +116,15 @@ pub async fn run<H: Handler>(
         status: status.clone(),
     };
     let mut reconnect = ctx.kafka.retry.forever();
-    let mut last_fresh_rejoin: Option<std::time::Instant> = None;
     let span = tracing::info_span!("consumer", consumer = %spec.name, group = %spec.group);
     async {
         while !shutdown.is_cancelled() {
             status.set_state(ConsumerState::Starting);
             let mut session = Session::new(&spec, &ctx, &shutdown);
-            // At most one fresh rejoin per period, so that members whose
-            // assignments legitimately stay the same cannot keep each other
-            // rebalancing.
-            session.may_rejoin_afresh = ctx.kafka.rejoin_on_unchanged_assignment
-                && last_fresh_rejoin.is_none_or(|at| at.elapsed() > FRESH_REJOIN_PERIOD);
             let outcome = session.run(&mut handler).await;
             session.close(&mut handler, outcome.is_ok()).await;
             match outcome {
                 Ok(()) => break,
-                Err(WfmError::StaleAssignment) => {
-                    info!("rebalance returned the same partitions; rejoining afresh so that departed members' partitions are reassigned");
-                    Counters::bump(&status.counters.resets);
-                    last_fresh_rejoin = Some(std::time::Instant::now());
-                }
                 Err(error) => {
                     warn!(%error, "consumer reset");
                     status.record_error(&error);
@@ -155,12 +144,6 @@ pub async fn run<H: Handler>(
     .instrument(span)
     .await
 }
-
-/// How often a member may leave and rejoin to recover from a stale
-/// assignment. One member's fresh rejoin can hand another member its old
-/// partitions again; the period is what stops that from ping-ponging, and it
-/// is short because it also delays recovery from a death right after one.
-const FRESH_REJOIN_PERIOD: Duration = Duration::from_secs(5);
 
 enum RebalanceEvent {
     Assigned(Vec<TopicPartition>),
@@ -254,9 +237,6 @@ struct Session<'a> {
     pending: FuturesUnordered<BoxFuture<'static, Completion>>,
     consumer: Option<StreamConsumer<Rebalances>>,
     events: Option<mpsc::UnboundedReceiver<RebalanceEvent>>,
-    /// What the latest revocation took away, to compare with the next assignment.
-    last_revoked: Option<Vec<TopicPartition>>,
-    may_rejoin_afresh: bool,
 }
 
 impl<'a> Session<'a> {
@@ -270,25 +250,7 @@ impl<'a> Session<'a> {
             pending: FuturesUnordered::new(),
             consumer: None,
             events: None,
-            last_revoked: None,
-            may_rejoin_afresh: false,
         }
-    }
-
-    /// Partitions of every subscribed topic, as provisioned.
-    fn partition_count(&self) -> usize {
-        let topics = &self.ctx.topics;
-        self.spec
-            .topics
-            .iter()
-            .map(|name| {
-                topics
-                    .parse(name)
-                    .map_or(self.ctx.kafka.partitions, |topic| {
-                        self.ctx.kafka.partitions_of(topic)
-                    }) as usize
-            })
-            .sum()
     }
 
     fn connect(&mut self) -> Result<(), WfmError> {
@@ -396,21 +358,9 @@ impl<'a> Session<'a> {
                 self.offsets.forget(&partitions);
                 self.owned.retain(|tp| !partitions.contains(tp));
                 handler.on_revoked(&partitions).await;
-                self.last_revoked = Some(partitions);
             }
             RebalanceEvent::Assigned(partitions) => {
                 info!(?partitions, "partitions assigned");
-                if let Some(revoked) = self.last_revoked.take() {
-                    // Owning every partition, a member cannot be missing any.
-                    let owns_all = partitions.len() >= self.partition_count();
-                    if self.may_rejoin_afresh
-                        && !owns_all
-                        && !revoked.is_empty()
-                        && same_set(&revoked, &partitions)
-                    {
-                        return Err(WfmError::StaleAssignment);
-                    }
-                }
                 self.ctx.status.set_state(ConsumerState::Restoring);
                 let mut delays = self.ctx.kafka.retry.delays();
                 let outputs = loop {
@@ -651,14 +601,6 @@ impl<'a> Session<'a> {
             let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
         }
     }
-}
-
-fn same_set(a: &[TopicPartition], b: &[TopicPartition]) -> bool {
-    let mut a = a.to_vec();
-    let mut b = b.to_vec();
-    a.sort();
-    b.sort();
-    a == b
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {

@@ -24,12 +24,6 @@ pub enum WfmError {
     /// lost, so the consumer must rewind to its last committed offset.
     #[error("output not acknowledged by the broker: {0}")]
     Delivery(String),
-    /// A rebalance handed this member back exactly the partitions it had:
-    /// some brokers (tansu 0.6) keep the old generation when a member dies,
-    /// leaving the dead member's partitions unowned until someone rejoins
-    /// afresh.
-    #[error("rebalance returned the same partitions; rejoining the group afresh")]
-    StaleAssignment,
 }
 
 /// What a service loop does about an error.
@@ -51,7 +45,7 @@ impl WfmError {
             WfmError::Protocol(_) | WfmError::Rejected(_) => Disposition::DeadLetter,
             WfmError::Transient(_) => Disposition::Retry,
             WfmError::RequestFailed(_) => Disposition::FailRequest,
-            WfmError::Delivery(_) | WfmError::StaleAssignment => Disposition::Reset,
+            WfmError::Delivery(_) => Disposition::Reset,
             WfmError::Kafka(error) => match error.rdkafka_error_code() {
                 Some(RDKafkaErrorCode::MessageSizeTooLarge)
                 | Some(RDKafkaErrorCode::InvalidMessage)
@@ -79,7 +73,6 @@ impl WfmError {
             WfmError::Rejected(_) => "rejected",
             WfmError::RequestFailed(_) => "request_failed",
             WfmError::Delivery(_) => "delivery",
-            WfmError::StaleAssignment => "stale_assignment",
         }
     }
 }
@@ -107,7 +100,6 @@ mod tests {
                 Disposition::FailRequest,
             ),
             (WfmError::Delivery("timed out".into()), Disposition::Reset),
-            (WfmError::StaleAssignment, Disposition::Reset),
             (
                 WfmError::Kafka(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)),
                 Disposition::Retry,

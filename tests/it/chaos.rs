@@ -214,11 +214,6 @@ async fn switch_errors_silence_and_disconnects_under_load_leave_nothing_behind()
 /// Two instances of every scaled component share their inboxes through
 /// their consumer groups; one of each is SIGKILLed in turn under load, and
 /// the other must take over its partitions and its in-flight requests.
-// Flaky against tansu 0.6 (passes about one run in two): after a member dies,
-// tansu hands the survivor its old partitions in the old generation, and
-// the runtime's fresh rejoin (`rejoin_on_unchanged_assignment`) recovers
-// only when it is not damped by an earlier rejoin. Run with `--ignored`.
-#[ignore = "tansu 0.6 group rebalancing makes takeover by a live member unreliable"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_instance_takes_over_the_partitions_of_a_killed_one() {
     const SCALED: [(&str, &str); 3] = [

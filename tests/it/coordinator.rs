@@ -267,11 +267,6 @@ async fn callbacks_survive_sigkill_and_overdue_ones_fire_on_restart() {
     }
 }
 
-// tansu 0.6 hands the remaining member its old partitions only, so the
-// stopped instance's callbacks wait for a new member. The runtime can rejoin
-// afresh (`kafka.rejoin_on_unchanged_assignment`), which makes this pass, but
-// that is off by default (it can stall a close with two live members).
-#[ignore = "tansu 0.6 does not rebalance the remaining member after another leaves"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_instances_partitions_are_taken_over_and_fire() {
     let broker = TestBroker::start().await;
