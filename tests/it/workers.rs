@@ -333,6 +333,33 @@ async fn workers_allocation_after_restart_sees_earlier_allocations() {
     resources.stop().await;
 }
 
+/// `wfm.resources` has one partition, so a second resource manager is a
+/// standby: it owns nothing until the active one is SIGKILLed (no goodbye to
+/// the group), then it is handed the partition and restores every allocation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_a_standby_resource_manager_takes_over_every_allocation() {
+    let broker = TestBroker::start().await;
+    let topology = two_switch_topology(1_000);
+    let (_simulator, _) = simulator(&broker, &["--topology", topology.to_str().unwrap()]).await;
+    let resources_process =
+        || WfmProcess::spawn(&["worker", "--role", "resources"], Some(&broker.kafka));
+    let active = resources_process().await;
+    let first = allocated(allocate(&broker, "p1", flow("p", (1, 1, 0), (2, 1, 0), 700)).await);
+    let _standby = resources_process().await;
+    allocated(allocate(&broker, "q1", flow("q", (1, 2, 0), (2, 2, 0), 100)).await);
+    active.kill().await;
+
+    // 800 of 1000 are held: 300 no longer fits, 200 does, and p keeps its resources.
+    let late = allocate(&broker, "r1", flow("r", (1, 2, 5), (2, 2, 5), 300)).await;
+    assert_eq!(
+        failure_code(&late),
+        Some(AllocationErrorCode::NotEnoughBandwidth)
+    );
+    allocated(allocate(&broker, "s1", flow("s", (1, 2, 6), (2, 2, 6), 200)).await);
+    let again = allocated(allocate(&broker, "p2", flow("p", (1, 1, 0), (2, 1, 0), 700)).await);
+    assert_eq!(again.resources, first.resources);
+}
+
 fn install(switch: u64, cookie: u64) -> SwitchOperation {
     SwitchOperation {
         switch_id: switch_id(switch),
