@@ -55,6 +55,14 @@ impl EmbeddedBroker {
             addr.is_ipv4(),
             "the embedded broker advertises IPv4 only; {addr} is not"
         );
+        // Another broker on the address would answer our readiness probe and
+        // the components would silently use it.
+        std::net::TcpListener::bind(addr).map_err(|e| {
+            anyhow::anyhow!(
+                "the embedded broker cannot listen on {addr}: {e} (is another wfm or broker running? \
+                 choose another address with --broker-addr or WFM_BROKER_ADDR)"
+            )
+        })?;
         let url = Url::parse(&format!("tcp://{addr}"))?;
         let storage_container = StorageContainer::builder()
             .cluster_id(CLUSTER_ID)

@@ -1,6 +1,8 @@
 //! Bringing the system up: the embedded broker when no external cluster is
 //! configured, the topics, then the components, until Ctrl-C or SIGTERM.
 
+use std::time::Duration;
+
 use anyhow::Context as _;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -100,13 +102,37 @@ pub fn shutdown_signal() -> CancellationToken {
     token
 }
 
+/// How long components get to settle, commit and leave their groups once
+/// shutdown begins. Leaving blocks while the broker is unreachable, and an
+/// operator's stop must not wait for the broker to come back.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
+
 /// Runs component tasks until shutdown; the first one to fail stops the rest.
 pub async fn supervise(
     mut components: Components,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut outcome = Ok(());
-    while let Some(joined) = components.join_next().await {
+    let grace_over = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::pin!(grace_over);
+    loop {
+        let joined = tokio::select! {
+            joined = components.join_next() => joined,
+            () = &mut grace_over => {
+                error!(
+                    still_running = components.len(),
+                    grace = ?SHUTDOWN_GRACE,
+                    "components did not stop in time (is the broker reachable?); exiting without them"
+                );
+                // A close blocked inside librdkafka cannot be cancelled, and the
+                // runtime would wait for it on the way out.
+                std::process::exit(2);
+            }
+        };
+        let Some(joined) = joined else { break };
         let (name, result) = joined.context("component task panicked")?;
         if let Err(e) = result {
             error!(component = name, error = %e, "component failed");

@@ -1,12 +1,13 @@
 //! The embedded broker: topics provisioned at start, durable storage that
-//! survives a SIGKILL, and a clear error for a topic layout that differs.
+//! survives a SIGKILL, a clear error for a topic layout that differs or an
+//! address in use, and components that stop even when it is gone.
 
 use std::time::Duration;
 
 use wfm_protocol::{Envelope, Topic, Topics};
 use wfm_runtime::{KafkaConfig, Outgoing, Producer};
 
-use crate::harness::{free_port, read_topic, WfmProcess};
+use crate::harness::{free_port, read_topic, TestBroker, WfmProcess, WFM};
 
 fn kafka_at(addr: &str) -> KafkaConfig {
     let mut kafka = KafkaConfig {
@@ -73,7 +74,7 @@ async fn durable_broker_keeps_topics_and_records_across_a_kill() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_count_mismatch_is_reported_clearly() {
-    let broker = crate::harness::TestBroker::start().await;
+    let broker = TestBroker::start().await;
     let mut kafka = broker.kafka.clone();
     kafka.partitions = 3;
     let error = wfm_runtime::admin::ensure_topics(&kafka).await.unwrap_err();
@@ -82,4 +83,42 @@ async fn a_partition_count_mismatch_is_reported_clearly() {
         message.contains("wfm.hub has 4 partitions, configured 3"),
         "{message}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_in_use_is_refused_not_shared() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let output = tokio::process::Command::new(WFM)
+        .args(["broker", "--ephemeral", "--broker-addr", &addr])
+        .env("WFM_LOG", "warn")
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}")),
+        "{stderr}"
+    );
+}
+
+/// Leaving a consumer group blocks while the broker is unreachable; an
+/// operator's stop must still end the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_stops_when_the_broker_is_gone() {
+    let broker = TestBroker::start().await;
+    let http = format!("127.0.0.1:{}", free_port());
+    let simulator = format!("127.0.0.1:{}", free_port());
+    let mut system = WfmProcess::spawn_with_env(
+        &["up", "--http-addr", &http],
+        Some(&broker.kafka),
+        &[("WFM_SIMULATOR_ADDR", &simulator)],
+    )
+    .await;
+    drop(broker);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    system.terminate();
+    let exit = tokio::time::timeout(Duration::from_secs(60), system.child.wait()).await;
+    assert!(matches!(exit, Ok(Ok(_))), "wfm exits: {exit:?}");
 }

@@ -22,12 +22,7 @@ async fn coordinator(broker: &TestBroker) -> WfmProcess {
 
 /// SIGTERM, and waits for the process to leave its group and exit.
 async fn stop(mut process: WfmProcess) {
-    let pid = process.child.id().expect("a running process").to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    process.terminate();
     let exit = tokio::time::timeout(WAIT, process.child.wait()).await;
     assert!(matches!(exit, Ok(Ok(s)) if s.success()), "{exit:?}");
 }

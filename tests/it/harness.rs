@@ -31,9 +31,19 @@ pub struct WfmProcess {
 impl WfmProcess {
     /// Spawns `wfm <args>` against the broker and waits for its `wfm ready` line.
     pub async fn spawn(args: &[&str], kafka: Option<&KafkaConfig>) -> Self {
+        Self::spawn_with_env(args, kafka, &[]).await
+    }
+
+    /// [`WfmProcess::spawn`] with extra environment variables.
+    pub async fn spawn_with_env(
+        args: &[&str],
+        kafka: Option<&KafkaConfig>,
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut command = Command::new(WFM);
         command
             .args(args)
+            .envs(env.iter().copied())
             .env(
                 "WFM_LOG",
                 std::env::var("WFM_TEST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -72,6 +82,16 @@ impl WfmProcess {
     /// SIGKILL: no shutdown hook runs, nothing is flushed or committed.
     pub async fn kill(mut self) {
         let _ = self.child.kill().await;
+    }
+
+    /// SIGTERM: the process shuts down the way an operator stops it.
+    pub fn terminate(&self) {
+        let pid = self.child.id().expect("a running process").to_string();
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "SIGTERM sent to {pid}");
     }
 }
 
