@@ -538,9 +538,10 @@ fn groups(
     for (topic, partition) in marks.keys() {
         all.add_partition(topic, *partition);
     }
-    let list = inspector
-        .group_list(only)
-        .context("listing consumer groups")?;
+    let list = inspector.group_list(only).context(
+        "listing consumer groups (on wfm's embedded broker with durable storage this \
+         fails: tansu 0.6 cannot read back group records from SQLite; --ephemeral can)",
+    )?;
     let mut views = Vec::new();
     for group in list.groups() {
         if group.name() == Inspector::GROUP {
