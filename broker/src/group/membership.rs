@@ -76,6 +76,10 @@ struct Member {
     parked: u32,
     /// Has rejoined in the current rebalance round.
     rejoined: bool,
+    /// Sent a JoinGroup that has not been answered yet. Such a member is
+    /// part of any round that starts meanwhile: its JoinGroup is answered
+    /// by that round instead of the one it was made in.
+    awaiting_join: bool,
 }
 
 impl Member {
@@ -214,6 +218,7 @@ impl Group {
                 last_seen: now,
                 parked,
                 rejoined: false,
+                awaiting_join: true,
             },
         );
         self.join_responses.remove(member_id);
@@ -229,7 +234,11 @@ impl Group {
     }
 
     pub fn take_join_response(&mut self, member_id: &str) -> Option<JoinResponse> {
-        self.join_responses.remove(member_id)
+        let response = self.join_responses.remove(member_id)?;
+        if let Some(member) = self.members.get_mut(member_id) {
+            member.awaiting_join = false;
+        }
+        Some(response)
     }
 
     /// The leader's SyncGroup carries everyone's assignment and makes the
@@ -395,7 +404,7 @@ impl Group {
             .unwrap_or_default();
         self.rebalance_deadline = Some(now + longest);
         for member in self.members.values_mut() {
-            member.rejoined = false;
+            member.rejoined = member.awaiting_join;
         }
         self.join_responses.clear();
     }
@@ -557,6 +566,26 @@ mod tests {
             group.sync(now, "b", b.generation, &[]),
             Ok(SyncOutcome::Assigned(Bytes::from_static(b"1")))
         );
+    }
+
+    #[test]
+    fn a_join_still_unanswered_when_a_new_round_starts_is_answered_by_that_round() {
+        let now = Instant::now();
+        let mut group = Group::default();
+        let first = form(&mut group, now, &["a", "b"]);
+        group.join(now, "a", request()).unwrap();
+        group.join(now, "b", request()).unwrap();
+        // The round completed, but b's parked JoinGroup has not picked up its answer...
+        assert!(group.take_join_response("a").is_some());
+        // ...when c arrives and starts the next round.
+        group.join(now, "c", request()).unwrap();
+        assert_eq!(group.take_join_response("b"), None);
+        group.join(now, "a", request()).unwrap();
+        let b = group
+            .take_join_response("b")
+            .expect("b is answered without rejoining");
+        assert_eq!(b.generation, first + 2);
+        assert!(group.take_join_response("c").is_some());
     }
 
     #[test]
