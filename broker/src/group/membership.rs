@@ -37,6 +37,8 @@ pub enum Refusal {
     IllegalGeneration,
     RebalanceInProgress,
     InconsistentGroupProtocol,
+    /// A session that would expire before the member could heartbeat once.
+    InvalidSessionTimeout,
 }
 
 /// What a JoinGroup asks for, beyond the member id.
@@ -206,6 +208,9 @@ impl Group {
         member_id: &str,
         request: JoinRequest,
     ) -> Result<(), Refusal> {
+        if request.session_timeout.is_zero() {
+            return Err(Refusal::InvalidSessionTimeout);
+        }
         self.check_protocols(member_id, &request)?;
         if self.protocol_type.is_none() {
             self.protocol_type = Some(request.protocol_type.clone());
@@ -725,6 +730,12 @@ mod tests {
         assert_eq!(
             group.join(now, "b", other_type),
             Err(Refusal::InconsistentGroupProtocol)
+        );
+        let mut no_session = request();
+        no_session.session_timeout = Duration::ZERO;
+        assert_eq!(
+            group.join(now, "b", no_session),
+            Err(Refusal::InvalidSessionTimeout)
         );
         assert_eq!(
             group.phase(),

@@ -209,6 +209,7 @@ impl From<Refusal> for ErrorCode {
             Refusal::IllegalGeneration => ErrorCode::IllegalGeneration,
             Refusal::RebalanceInProgress => ErrorCode::RebalanceInProgress,
             Refusal::InconsistentGroupProtocol => ErrorCode::InconsistentGroupProtocol,
+            Refusal::InvalidSessionTimeout => ErrorCode::InvalidSessionTimeout,
         }
     }
 }
