@@ -82,6 +82,9 @@ struct Member {
     /// part of any round that starts meanwhile: its JoinGroup is answered
     /// by that round instead of the one it was made in.
     awaiting_join: bool,
+    /// Identifies the member's latest JoinGroup: a client that resends one
+    /// (after a request timeout, on a new connection) supersedes the old.
+    join_ticket: u64,
 }
 
 impl Member {
@@ -109,6 +112,9 @@ pub struct Group {
     members: BTreeMap<String, Member>,
     assignments: BTreeMap<String, Bytes>,
     rebalance_deadline: Option<Instant>,
+    /// When the leader's SyncGroup is due once a round has completed.
+    sync_deadline: Option<Instant>,
+    join_tickets: u64,
     join_responses: BTreeMap<String, JoinResponse>,
     /// Bumped on every change a parked request could be waiting for.
     version: u64,
@@ -126,6 +132,8 @@ impl Default for Group {
             members: BTreeMap::new(),
             assignments: BTreeMap::new(),
             rebalance_deadline: None,
+            sync_deadline: None,
+            join_tickets: 0,
             join_responses: BTreeMap::new(),
             version: 0,
             inception: std::time::SystemTime::now(),
@@ -143,7 +151,8 @@ impl Group {
         self.version
     }
 
-    pub fn is_member(&self, member_id: &str) -> bool {
+    #[cfg(test)]
+    fn is_member(&self, member_id: &str) -> bool {
         self.members.contains_key(member_id)
     }
 
@@ -200,22 +209,26 @@ impl Group {
     }
 
     /// Admits (or re-admits) a member and starts a rebalance round if none is
-    /// under way. The answer comes from [`Group::take_join_response`] once
-    /// every live member has rejoined.
+    /// under way. The answer comes from [`Group::take_join_response`], with
+    /// the ticket returned here, once every live member has rejoined.
     pub fn join(
         &mut self,
         now: Instant,
         member_id: &str,
         request: JoinRequest,
-    ) -> Result<(), Refusal> {
+    ) -> Result<u64, Refusal> {
         if request.session_timeout.is_zero() {
             return Err(Refusal::InvalidSessionTimeout);
         }
+        // Departed members must not hold the group to their protocols.
+        self.settle(now);
         self.check_protocols(member_id, &request)?;
         if self.protocol_type.is_none() {
             self.protocol_type = Some(request.protocol_type.clone());
         }
         let parked = self.members.get(member_id).map_or(0, |m| m.parked);
+        self.join_tickets += 1;
+        let ticket = self.join_tickets;
         self.members.insert(
             member_id.to_owned(),
             Member {
@@ -224,6 +237,7 @@ impl Group {
                 parked,
                 rejoined: false,
                 awaiting_join: true,
+                join_ticket: ticket,
             },
         );
         self.join_responses.remove(member_id);
@@ -235,15 +249,26 @@ impl Group {
         }
         self.version += 1;
         self.settle(now);
-        Ok(())
+        Ok(ticket)
     }
 
-    pub fn take_join_response(&mut self, member_id: &str) -> Option<JoinResponse> {
-        let response = self.join_responses.remove(member_id)?;
-        if let Some(member) = self.members.get_mut(member_id) {
-            member.awaiting_join = false;
+    /// The answer to the JoinGroup holding `ticket`, once there is one: the
+    /// round's, or a refusal when the member is gone or has joined again
+    /// since (the newer request gets the round's answer).
+    pub fn take_join_response(
+        &mut self,
+        member_id: &str,
+        ticket: u64,
+    ) -> Option<Result<JoinResponse, Refusal>> {
+        let Some(member) = self.members.get_mut(member_id) else {
+            return Some(Err(Refusal::UnknownMemberId));
+        };
+        if member.join_ticket != ticket {
+            return Some(Err(Refusal::RebalanceInProgress));
         }
-        Some(response)
+        let response = self.join_responses.remove(member_id)?;
+        member.awaiting_join = false;
+        Some(Ok(response))
     }
 
     /// The leader's SyncGroup carries everyone's assignment and makes the
@@ -268,6 +293,7 @@ impl Group {
                     .cloned()
                     .collect();
                 self.phase = Phase::Stable;
+                self.sync_deadline = None;
                 self.version += 1;
                 Ok(SyncOutcome::Assigned(self.assignment_of(member_id)))
             }
@@ -301,9 +327,12 @@ impl Group {
 
     /// Offsets are committed only by a current member for the current
     /// generation, so a member that lost its partitions cannot move their
-    /// offsets behind the back of the new owner.
+    /// offsets behind the back of the new owner. A commit from outside the
+    /// group (no member id: an admin tool) is taken only while it is empty.
     pub fn may_commit(&self, member_id: &str, generation: i32) -> Result<(), Refusal> {
-        if !self.members.contains_key(member_id) {
+        if member_id.is_empty() && self.members.is_empty() {
+            Ok(())
+        } else if !self.members.contains_key(member_id) {
             Err(Refusal::UnknownMemberId)
         } else if generation != self.generation {
             Err(Refusal::IllegalGeneration)
@@ -334,9 +363,17 @@ impl Group {
             && self
                 .rebalance_deadline
                 .is_some_and(|deadline| now >= deadline);
+        // A leader that never hands out the assignment would leave its
+        // followers waiting in SyncGroup for good.
+        let late_leader = match (self.phase, self.sync_deadline) {
+            (Phase::CompletingRebalance, Some(deadline)) if now >= deadline => self.leader.clone(),
+            _ => None,
+        };
         let before = self.members.len();
-        self.members.retain(|_, member| {
-            !(member.expired(now) || (rebalance_overdue && !member.rejoined && member.parked == 0))
+        self.members.retain(|id, member| {
+            !(member.expired(now)
+                || (rebalance_overdue && !member.rejoined && member.parked == 0)
+                || late_leader.as_ref() == Some(id))
         });
         if self.members.len() < before {
             self.after_departure(now);
@@ -345,7 +382,7 @@ impl Group {
             && !self.members.is_empty()
             && self.members.values().all(|member| member.rejoined)
         {
-            self.complete_rebalance();
+            self.complete_rebalance(now);
         }
     }
 
@@ -414,7 +451,7 @@ impl Group {
         self.join_responses.clear();
     }
 
-    fn complete_rebalance(&mut self) {
+    fn complete_rebalance(&mut self, now: Instant) {
         let leader = match &self.leader {
             Some(leader) if self.members.contains_key(leader) => leader.clone(),
             _ => self.members.keys().next().cloned().unwrap_or_default(),
@@ -434,6 +471,7 @@ impl Group {
         self.generation += 1;
         self.phase = Phase::CompletingRebalance;
         self.rebalance_deadline = None;
+        self.sync_deadline = Some(now + self.members[&leader].request.rebalance_timeout);
         self.assignments.clear();
         self.leader = Some(leader.clone());
         self.protocol_name = Some(protocol.clone());
@@ -490,6 +528,14 @@ mod tests {
         }
     }
 
+    /// The answer to the member's latest JoinGroup, if the round has completed.
+    fn answer(group: &mut Group, member: &str) -> Option<JoinResponse> {
+        let ticket = group.members.get(member)?.join_ticket;
+        group
+            .take_join_response(member, ticket)
+            .map(|answer| answer.expect("answered, not refused"))
+    }
+
     /// Joins every member, completes the round and lets the leader assign
     /// `assignment(member)` to everyone; returns the generation.
     fn form(group: &mut Group, now: Instant, members: &[&str]) -> i32 {
@@ -504,7 +550,7 @@ mod tests {
         }
         let responses: Vec<JoinResponse> = members
             .iter()
-            .map(|member| group.take_join_response(member).expect("round complete"))
+            .map(|member| answer(group, member).expect("round complete"))
             .collect();
         let leader = &responses[0].leader;
         let plan: Vec<(String, Bytes)> = members
@@ -524,7 +570,7 @@ mod tests {
         let now = Instant::now();
         let mut group = Group::default();
         group.join(now, "a", request()).unwrap();
-        let response = group.take_join_response("a").unwrap();
+        let response = answer(&mut group, "a").unwrap();
         assert_eq!(response.leader, "a");
         assert_eq!(response.generation, 1);
         assert_eq!(response.protocol_name, "range");
@@ -546,14 +592,14 @@ mod tests {
         let mut group = Group::default();
         let first = form(&mut group, now, &["a"]);
         group.join(now, "b", request()).unwrap();
-        assert_eq!(group.take_join_response("b"), None, "waits for a to rejoin");
+        assert_eq!(answer(&mut group, "b"), None, "waits for a to rejoin");
         assert_eq!(
             group.heartbeat(now, "a", first),
             Err(Refusal::RebalanceInProgress)
         );
         group.join(now, "a", request()).unwrap();
-        let a = group.take_join_response("a").unwrap();
-        let b = group.take_join_response("b").unwrap();
+        let a = answer(&mut group, "a").unwrap();
+        let b = answer(&mut group, "b").unwrap();
         assert_eq!(a.generation, first + 1);
         assert_eq!(a.leader, "a", "the leader keeps its role");
         assert_eq!(a.members.len(), 2);
@@ -581,16 +627,71 @@ mod tests {
         group.join(now, "a", request()).unwrap();
         group.join(now, "b", request()).unwrap();
         // The round completed, but b's parked JoinGroup has not picked up its answer...
-        assert!(group.take_join_response("a").is_some());
+        assert!(answer(&mut group, "a").is_some());
         // ...when c arrives and starts the next round.
         group.join(now, "c", request()).unwrap();
-        assert_eq!(group.take_join_response("b"), None);
+        assert_eq!(answer(&mut group, "b"), None);
         group.join(now, "a", request()).unwrap();
-        let b = group
-            .take_join_response("b")
-            .expect("b is answered without rejoining");
+        let b = answer(&mut group, "b").expect("b is answered without rejoining");
         assert_eq!(b.generation, first + 2);
-        assert!(group.take_join_response("c").is_some());
+        assert!(answer(&mut group, "c").is_some());
+    }
+
+    #[test]
+    fn a_resent_join_supersedes_the_parked_one() {
+        let now = Instant::now();
+        let mut group = Group::default();
+        form(&mut group, now, &["a", "b"]);
+        let lost = group.join(now, "a", request()).unwrap();
+        let resent = group.join(now, "a", request()).unwrap();
+        group.join(now, "b", request()).unwrap();
+        assert_eq!(
+            group.take_join_response("a", lost),
+            Some(Err(Refusal::RebalanceInProgress))
+        );
+        assert!(matches!(group.take_join_response("a", resent), Some(Ok(_))));
+    }
+
+    #[test]
+    fn a_leader_that_never_syncs_is_replaced() {
+        let start = Instant::now();
+        let mut group = Group::default();
+        form(&mut group, start, &["a", "b"]);
+        group.join(start, "a", request()).unwrap();
+        group.join(start, "b", request()).unwrap();
+        let leader = answer(&mut group, "a").unwrap().leader;
+        let follower = if leader == "a" { "b" } else { "a" };
+        let generation = answer(&mut group, follower).unwrap().generation;
+        assert_eq!(
+            group.sync(start, follower, generation, &[]),
+            Ok(SyncOutcome::AwaitLeader)
+        );
+        // The leader heartbeats but never syncs; the follower waits in SyncGroup.
+        group.park(follower);
+        let deadline = start + Duration::from_secs(30);
+        for second in 1..30 {
+            let now = start + Duration::from_secs(second);
+            assert_eq!(group.heartbeat(now, &leader, generation), Ok(()));
+        }
+        group.settle(deadline);
+        assert!(!group.is_member(&leader));
+        assert_eq!(
+            group.sync(deadline, follower, generation, &[]),
+            Err(Refusal::RebalanceInProgress)
+        );
+    }
+
+    #[test]
+    fn departed_members_do_not_hold_the_group_to_their_protocol() {
+        let start = Instant::now();
+        let mut group = Group::default();
+        form(&mut group, start, &["a"]);
+        let mut other = request();
+        other.protocols = vec![("roundrobin".into(), Bytes::new())];
+        let later = start + SESSION * 2;
+        group.join(later, "b", other).unwrap();
+        assert!(!group.is_member("a"));
+        assert_eq!(answer(&mut group, "b").unwrap().protocol_name, "roundrobin");
     }
 
     #[test]
@@ -610,7 +711,7 @@ mod tests {
         );
         assert!(!group.is_member("a"));
         group.join(later, "b", request()).unwrap();
-        let b = group.take_join_response("b").unwrap();
+        let b = answer(&mut group, "b").unwrap();
         assert_eq!(b.leader, "b", "leadership passes to a survivor");
         assert_eq!(
             b.members,
@@ -643,9 +744,7 @@ mod tests {
         group.settle(later);
         assert!(group.is_member("b"), "parked: alive");
         assert!(!group.is_member("a"), "silent: gone");
-        let b = group
-            .take_join_response("b")
-            .expect("the round completes without a");
+        let b = answer(&mut group, "b").expect("the round completes without a");
         assert_eq!(b.generation, generation + 1);
         group.unpark(later, "b");
         group.settle(later + SESSION - Duration::from_millis(1));
@@ -672,7 +771,7 @@ mod tests {
             group.heartbeat(deadline, "a", generation),
             Err(Refusal::UnknownMemberId)
         );
-        assert_eq!(group.take_join_response("b").unwrap().members.len(), 1);
+        assert_eq!(answer(&mut group, "b").unwrap().members.len(), 1);
     }
 
     #[test]
@@ -708,6 +807,8 @@ mod tests {
             Err(Refusal::IllegalGeneration)
         );
         assert_eq!(group.may_commit("a", generation), Ok(()));
+        assert_eq!(group.may_commit("", -1), Err(Refusal::UnknownMemberId));
+        assert_eq!(Group::default().may_commit("", -1), Ok(()));
         assert_eq!(
             group.heartbeat(now, "x", generation),
             Err(Refusal::UnknownMemberId)

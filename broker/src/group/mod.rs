@@ -175,8 +175,10 @@ impl<S> GroupCoordinator<S> {
     }
 }
 
-/// Counts a request as parked for as long as it lives, even when its
-/// connection drops mid-wait.
+/// Counts a request as parked for as long as it waits. (tansu serves a
+/// connection one request at a time and does not read it meanwhile, so a
+/// client that died mid-wait is noticed only when its request is answered;
+/// a client that resends its JoinGroup supersedes the parked one.)
 struct Parked<'a, S> {
     coordinator: &'a GroupCoordinator<S>,
     group_id: &'a str,
@@ -298,18 +300,14 @@ impl<S: Storage> Coordinator for GroupCoordinator<S> {
             rebalance_timeout: millis(rebalance_timeout_ms.unwrap_or(session_timeout_ms)),
         };
         debug!(group_id, member_id, "join");
-        if let Err(refusal) =
-            self.with_group(group_id, |group, now| group.join(now, &member_id, request))
-        {
-            return Ok(join_response(Err((refusal.into(), member_id))));
-        }
+        let ticket =
+            match self.with_group(group_id, |group, now| group.join(now, &member_id, request)) {
+                Ok(ticket) => ticket,
+                Err(refusal) => return Ok(join_response(Err((refusal.into(), member_id)))),
+            };
         let answer = self
             .park_until(group_id, &member_id, |group, _| {
-                if group.is_member(&member_id) {
-                    group.take_join_response(&member_id).map(Ok)
-                } else {
-                    Some(Err(Refusal::UnknownMemberId))
-                }
+                group.take_join_response(&member_id, ticket)
             })
             .await;
         if let Ok(joined) = &answer {
@@ -407,9 +405,11 @@ impl<S: Storage> Coordinator for GroupCoordinator<S> {
                 })
                 .collect::<Vec<_>>()
         });
-        let code = responses
-            .first()
-            .map_or(ErrorCode::None.into(), |r| r.error_code);
+        // v3+ reports per member; before that the one member's code is the answer.
+        let code = match (member_id, responses.first()) {
+            (Some(_), Some(only)) => only.error_code,
+            _ => ErrorCode::None.into(),
+        };
         Ok(LeaveGroupResponse::default()
             .throttle_time_ms(Some(0))
             .error_code(code)
@@ -418,15 +418,13 @@ impl<S: Storage> Coordinator for GroupCoordinator<S> {
     }
 
     async fn offset_commit(&mut self, detail: OffsetCommit<'_>) -> Result<Body> {
-        // Generation -1 is a commit from outside the group (an admin tool).
-        let fenced = match (detail.member_id, detail.generation_id_or_member_epoch) {
-            (Some(member_id), Some(generation)) if generation >= 0 => self
-                .with_group(detail.group_id, |group, _| {
-                    group.may_commit(member_id, generation)
-                })
-                .err(),
-            _ => None,
-        };
+        let member_id = detail.member_id.unwrap_or_default();
+        let generation = detail.generation_id_or_member_epoch.unwrap_or(-1);
+        let fenced = self
+            .with_group(detail.group_id, |group, _| {
+                group.may_commit(member_id, generation)
+            })
+            .err();
         let topics = detail.topics.unwrap_or_default();
         let codes: HashMap<Topition, ErrorCode> = if let Some(refusal) = fenced {
             debug!(
