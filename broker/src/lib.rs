@@ -12,8 +12,10 @@ use tracing::{error, info};
 use url::Url;
 
 mod group;
+mod store;
 
 use group::GroupCoordinator;
+use store::Store;
 
 const NODE_ID: i32 = 1;
 const CLUSTER_ID: &str = "wfm";
@@ -42,10 +44,15 @@ impl Storage {
     }
 }
 
+/// Threads of the broker's own runtime.
+const BROKER_THREADS: usize = 2;
+
 pub struct EmbeddedBroker {
     addr: SocketAddr,
-    task: JoinHandle<()>,
-    group_publisher: JoinHandle<()>,
+    /// The broker runs on a runtime of its own, as if it were on another host:
+    /// a client call that blocks a thread of the components' runtime (librdkafka
+    /// closes and commits synchronously) must never starve the broker it waits for.
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl EmbeddedBroker {
@@ -63,43 +70,64 @@ impl EmbeddedBroker {
                  choose another address with --broker-addr or WFM_BROKER_ADDR)"
             )
         })?;
-        let url = Url::parse(&format!("tcp://{addr}"))?;
-        let storage_container = StorageContainer::builder()
-            .cluster_id(CLUSTER_ID)
-            .node_id(NODE_ID)
-            .advertised_listener(url.clone())
-            .storage(storage.url()?)
-            .silent(true)
-            .build()
-            .await
-            .map_err(|e| anyhow::anyhow!("embedded broker storage: {e}"))?;
-        let groups = GroupCoordinator::new(storage_container.clone())
-            .map_err(|e| anyhow::anyhow!("embedded broker groups: {e}"))?;
-        let group_publisher = tokio::spawn(groups.publisher());
-        let mut broker = Broker::new(
-            NODE_ID,
-            CLUSTER_ID,
-            url.clone(),
-            url,
-            storage_container,
-            groups,
-            uuid::Uuid::now_v7(),
-        )
-        .silent(true);
-        let task = tokio::spawn(async move {
-            if let Err(e) = broker.serve(tokio::time::Instant::now()).await {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(BROKER_THREADS)
+            .thread_name("broker")
+            .enable_all()
+            .build()?;
+        let serving = serve(addr, storage.clone());
+        let mut task = runtime.spawn(async move {
+            let served = serving.await;
+            if let Err(e) = &served {
                 error!(error = %e, "embedded broker stopped");
             }
+            served
         });
-        wait_until_listening(addr, &task).await?;
+        wait_until_listening(addr, &mut task).await?;
         info!(%addr, ?storage, "embedded broker listening");
         Ok(Self {
             addr,
-            task,
-            group_publisher,
+            runtime: Some(runtime),
         })
     }
+}
 
+/// Serves the broker until it fails; runs on the broker's own runtime.
+async fn serve(addr: SocketAddr, storage: Storage) -> anyhow::Result<()> {
+    let url = Url::parse(&format!("tcp://{addr}"))?;
+    let storage_container = StorageContainer::builder()
+        .cluster_id(CLUSTER_ID)
+        .node_id(NODE_ID)
+        .advertised_listener(url.clone())
+        .storage(storage.url()?)
+        .silent(true)
+        .build()
+        .await
+        .map_err(|e| anyhow::anyhow!("embedded broker storage: {e}"))?;
+    let store = match storage {
+        Storage::Memory => Store::ephemeral(storage_container),
+        Storage::Sqlite(_) => Store::durable(storage_container),
+    };
+    let groups = GroupCoordinator::new(store.clone())
+        .map_err(|e| anyhow::anyhow!("embedded broker groups: {e}"))?;
+    tokio::spawn(groups.publisher());
+    let mut broker = Broker::new(
+        NODE_ID,
+        CLUSTER_ID,
+        url.clone(),
+        url,
+        store,
+        groups,
+        uuid::Uuid::now_v7(),
+    )
+    .silent(true);
+    broker
+        .serve(tokio::time::Instant::now())
+        .await
+        .map_err(|e| anyhow::anyhow!("embedded broker stopped: {e}"))
+}
+
+impl EmbeddedBroker {
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
@@ -112,15 +140,23 @@ impl EmbeddedBroker {
 
 impl Drop for EmbeddedBroker {
     fn drop(&mut self) {
-        self.task.abort();
-        self.group_publisher.abort();
+        if let Some(runtime) = self.runtime.take() {
+            // Dropping a runtime waits for its tasks, which may not be done from async code.
+            runtime.shutdown_background();
+        }
     }
 }
 
-async fn wait_until_listening(addr: SocketAddr, task: &JoinHandle<()>) -> anyhow::Result<()> {
+async fn wait_until_listening(
+    addr: SocketAddr,
+    task: &mut JoinHandle<anyhow::Result<()>>,
+) -> anyhow::Result<()> {
     for _ in 0..200 {
         if task.is_finished() {
-            anyhow::bail!("embedded broker exited at start (is {addr} already in use?)");
+            return Err(match task.await {
+                Ok(Err(e)) => e.context(format!("embedded broker on {addr} exited at start")),
+                _ => anyhow::anyhow!("embedded broker on {addr} exited at start"),
+            });
         }
         if tokio::net::TcpStream::connect(addr).await.is_ok() {
             return Ok(());
