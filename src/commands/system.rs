@@ -112,27 +112,9 @@ pub async fn supervise(
     mut components: Components,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    tokio::spawn(exit_after_grace(shutdown.clone()));
     let mut outcome = Ok(());
-    let grace_over = async {
-        shutdown.cancelled().await;
-        tokio::time::sleep(SHUTDOWN_GRACE).await;
-    };
-    tokio::pin!(grace_over);
-    loop {
-        let joined = tokio::select! {
-            joined = components.join_next() => joined,
-            () = &mut grace_over => {
-                error!(
-                    still_running = components.len(),
-                    grace = ?SHUTDOWN_GRACE,
-                    "components did not stop in time (is the broker reachable?); exiting without them"
-                );
-                // A close blocked inside librdkafka cannot be cancelled, and the
-                // runtime would wait for it on the way out.
-                std::process::exit(2);
-            }
-        };
-        let Some(joined) = joined else { break };
+    while let Some(joined) = components.join_next().await {
         let (name, result) = joined.context("component task panicked")?;
         if let Err(e) = result {
             error!(component = name, error = %e, "component failed");
@@ -143,6 +125,21 @@ pub async fn supervise(
         }
     }
     outcome
+}
+
+/// Once shutdown begins, ends the process after [`SHUTDOWN_GRACE`] whatever the
+/// components are doing. The clock runs on a thread of its own: a close blocked
+/// inside librdkafka cannot be cancelled, and may hold the runtime's workers.
+async fn exit_after_grace(shutdown: CancellationToken) {
+    shutdown.cancelled().await;
+    std::thread::spawn(|| {
+        std::thread::sleep(SHUTDOWN_GRACE);
+        error!(
+            grace = ?SHUTDOWN_GRACE,
+            "components did not stop in time (is the broker reachable?); exiting without them"
+        );
+        std::process::exit(2);
+    });
 }
 
 pub type Components = JoinSet<(&'static str, anyhow::Result<()>)>;
