@@ -5,7 +5,8 @@
 //! receiver opens it into its own inbox enum, and a kind it does not know is an
 //! error value ([`ProtocolError::UnknownKind`]) that the runtime dead-letters.
 
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde::de::{value::MapDeserializer, DeserializeOwned};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// Version of the envelope layout itself. A record with another version is
@@ -54,13 +55,6 @@ pub enum ProtocolError {
 pub trait Message: Serialize + DeserializeOwned {}
 impl<T: Serialize + DeserializeOwned> Message for T {}
 
-#[derive(Serialize, Deserialize)]
-struct Tagged {
-    kind: String,
-    #[serde(default)]
-    payload: Value,
-}
-
 impl Envelope {
     /// Wraps `message` in a fresh envelope with a random message id.
     pub fn new<M: Message>(
@@ -68,24 +62,26 @@ impl Envelope {
         source: &str,
         correlation_id: &str,
     ) -> Result<Self, ProtocolError> {
-        let value = serde_json::to_value(message).map_err(|e| {
-            ProtocolError::Unencodable(std::any::type_name::<M>().into(), e.to_string())
-        })?;
-        let tagged: Tagged = serde_json::from_value(value).map_err(|e| {
-            ProtocolError::Unencodable(
-                std::any::type_name::<M>().into(),
-                format!("not a kind/payload enum: {e}"),
-            )
-        })?;
+        let unencodable =
+            |reason: String| ProtocolError::Unencodable(std::any::type_name::<M>().into(), reason);
+        let value = serde_json::to_value(message).map_err(|e| unencodable(e.to_string()))?;
+        // Taken apart by moving, not re-deserialized: the payload is not copied.
+        let Value::Object(mut tagged) = value else {
+            return Err(unencodable("not a kind/payload enum".into()));
+        };
+        let Some(Value::String(kind)) = tagged.remove("kind") else {
+            return Err(unencodable("not a kind/payload enum: no kind".into()));
+        };
+        let payload = tagged.remove("payload").unwrap_or_default();
         Ok(Self {
             version: ENVELOPE_VERSION,
             message_id: uuid::Uuid::now_v7().to_string(),
             correlation_id: correlation_id.to_owned(),
-            kind: tagged.kind,
+            kind,
             created_at: crate::now_ms(),
             deadline: None,
             source: source.to_owned(),
-            payload: tagged.payload,
+            payload,
         })
     }
 
@@ -127,8 +123,13 @@ impl Envelope {
 
     /// Opens the payload as the receiver's message type.
     pub fn open<M: Message>(&self) -> Result<M, ProtocolError> {
-        let tagged = serde_json::json!({ "kind": self.kind, "payload": self.payload });
-        serde_json::from_value(tagged).map_err(|e| {
+        // Read in place as the `{kind, payload}` map the enum expects, without
+        // copying the payload into a new JSON value first.
+        let kind = Value::String(self.kind.clone());
+        let tagged = MapDeserializer::<_, serde_json::Error>::new(
+            [("kind", &kind), ("payload", &self.payload)].into_iter(),
+        );
+        M::deserialize(tagged).map_err(|e| {
             let reason = e.to_string();
             if reason.starts_with("unknown variant") {
                 ProtocolError::UnknownKind(self.kind.clone())
