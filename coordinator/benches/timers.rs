@@ -60,6 +60,7 @@ fn callback(i: usize, deadline: i64) -> Callback {
             r#"{{"step":"install","attempt":1,"switch":"sw-{}"}}"#,
             i % 1000
         ),
+        in_changelog: true,
     }
 }
 

@@ -1,18 +1,31 @@
 //! The coordinator's consumer: arms, re-arms and cancels callbacks from its
-//! inbox, fires them when due, and keeps every partition's callbacks in the
-//! `coordinator.state` changelog so that a crash or a rebalance loses none.
+//! inbox, fires them when due, and keeps every partition's callbacks durable
+//! so that a crash or a rebalance loses none.
 //!
-//! Durability, in order of events:
-//! - a register's changelog record goes to the changelog partition equal to
-//!   its inbox partition, and the inbox offset is committed only once that
-//!   record is acknowledged; a cancel writes a tombstone the same way;
+//! Durability rests on two logs. Most callbacks are cancelled within
+//! milliseconds of their register, so a fresh register lives in memory only
+//! and its inbox record is its durable copy: the inbox offset is not
+//! committed past the oldest such register ([`Handler::replay_from`]), and a
+//! successor handles it again. A callback still armed `save_after_ms` after
+//! its register is written to the `coordinator.state` changelog (partition
+//! equal to its inbox partition), which releases its inbox record. So a
+//! short-lived callback costs its register and its cancel, nothing more,
+//! and a successor replays at most `save_after_ms` of inbox.
+//!
+//! In order of events:
+//! - a changelog record is acknowledged before the callback counts as saved;
+//! - cancelling a saved callback writes a tombstone, acknowledged before the
+//!   cancel's offset is committed; so does a cancel of a key not armed, in
+//!   case an earlier attempt at it did not get its tombstone out;
 //! - a firing produces the timeout and waits for its acknowledgement before
-//!   writing the tombstone, so a crash in between fires it again (a
-//!   duplicate, which receivers ignore by message id) but never loses it;
-//! - a newly assigned partition is rebuilt from its changelog partition, and
-//!   whatever is overdue fires at the first wakeup.
+//!   forgetting the callback (and, if saved, writing its tombstone), so a
+//!   crash in between fires it again (a duplicate, which receivers ignore by
+//!   message id) but never loses it;
+//! - a newly assigned partition is rebuilt from its changelog partition,
+//!   then from the inbox records after its committed offset; whatever is
+//!   overdue fires at the first wakeup.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -24,7 +37,7 @@ use wfm_protocol::{ids, now_ms, Envelope, Topic, Topics};
 use wfm_runtime::{Context, Delivery, Handler, KafkaConfig, Outgoing, TopicPartition, WfmError};
 
 use crate::stats::{Event, PartitionStats, Stats};
-use crate::timers::{Armed, Callback, TimerStore};
+use crate::timers::{Armed, Callback, Disarmed, TimerStore};
 use crate::CoordinatorConfig;
 
 pub(crate) const SOURCE: &str = "coordinator";
@@ -101,6 +114,7 @@ pub(crate) fn resolve(
         correlation_id: envelope.correlation_id.clone(),
         // A `Value` always serialises.
         context: register.context.to_string(),
+        in_changelog: false,
     })
 }
 
@@ -178,7 +192,10 @@ async fn restore(kafka: &KafkaConfig, partition: i32) -> Result<TimerStore, WfmE
             });
         match restored {
             Ok(callback) => {
-                store.arm(&callback);
+                store.arm(&Callback {
+                    in_changelog: true,
+                    ..callback
+                });
             }
             // Only the coordinator writes its changelog; an unreadable record
             // is a bug to report, not a reason to stop restoring the others.
@@ -192,11 +209,67 @@ async fn restore(kafka: &KafkaConfig, partition: i32) -> Result<TimerStore, WfmE
     Ok(store)
 }
 
+/// One owned inbox partition: its armed callbacks, and which of their
+/// registers exist only as inbox records so far.
+#[derive(Default)]
+struct Partition {
+    timers: TimerStore,
+    unsaved: Unsaved,
+}
+
+/// Registers not yet in the changelog, by the inbox offset they came from.
+#[derive(Default)]
+struct Unsaved {
+    by_offset: BTreeMap<i64, String>,
+    offset_of: HashMap<String, i64>,
+    /// `(save at ms, offset)` in register order; entries whose offset has
+    /// left `by_offset` meanwhile are skipped.
+    queue: VecDeque<(i64, i64)>,
+}
+
+impl Unsaved {
+    fn insert(&mut self, key: &str, offset: i64, save_at: i64) {
+        self.remove(key);
+        self.by_offset.insert(offset, key.to_owned());
+        self.offset_of.insert(key.to_owned(), offset);
+        self.queue.push_back((save_at, offset));
+    }
+
+    fn remove(&mut self, key: &str) {
+        if let Some(offset) = self.offset_of.remove(key) {
+            self.by_offset.remove(&offset);
+        }
+    }
+
+    fn oldest(&self) -> Option<i64> {
+        self.by_offset.first_key_value().map(|(offset, _)| *offset)
+    }
+
+    fn next_save(&self) -> Option<i64> {
+        self.queue.front().map(|(at, _)| *at)
+    }
+
+    /// Keys whose save time has come and that are still unsaved.
+    fn due(&mut self, now: i64) -> Vec<String> {
+        let mut due = Vec::new();
+        while let Some(&(at, offset)) = self.queue.front() {
+            if at > now {
+                break;
+            }
+            self.queue.pop_front();
+            if let Some(key) = self.by_offset.get(&offset) {
+                due.push(key.clone());
+            }
+        }
+        due
+    }
+}
+
 pub struct CoordinatorHandler {
     config: CoordinatorConfig,
     stats: Stats,
-    /// One store per owned inbox partition.
-    partitions: HashMap<i32, TimerStore>,
+    /// One per owned inbox partition.
+    partitions: HashMap<i32, Partition>,
 }
 
 impl CoordinatorHandler {
@@ -209,12 +282,12 @@ impl CoordinatorHandler {
     }
 
     fn publish(&self, partition: i32) {
-        if let Some(store) = self.partitions.get(&partition) {
+        if let Some(p) = self.partitions.get(&partition) {
             self.stats.set_partition(
                 partition,
                 PartitionStats {
-                    armed: store.len(),
-                    next_deadline: store.next_deadline(),
+                    armed: p.timers.len(),
+                    next_deadline: p.timers.next_deadline(),
                 },
             );
         }
@@ -228,8 +301,10 @@ impl CoordinatorHandler {
     ) -> Result<Vec<Outgoing>, WfmError> {
         check_key(delivery.key.as_deref(), &register.key)?;
         let callback = resolve(topics, &delivery.envelope, register)?;
-        let store = self.partitions.entry(delivery.partition).or_default();
-        match store.arm(&callback) {
+        let save_at =
+            now_ms().saturating_add(i64::try_from(self.config.save_after_ms).unwrap_or(i64::MAX));
+        let partition = self.partitions.entry(delivery.partition).or_default();
+        match partition.timers.arm(&callback) {
             Armed::New => debug!(deadline = callback.deadline, "callback armed"),
             Armed::Replaced { previous_deadline } => {
                 debug!(
@@ -238,13 +313,12 @@ impl CoordinatorHandler {
                 )
             }
         }
+        partition
+            .unsaved
+            .insert(&callback.key, delivery.offset, save_at);
         self.stats.count(Event::Registered, 1);
         self.publish(delivery.partition);
-        Ok(vec![changelog_record(
-            topics,
-            &callback,
-            delivery.partition,
-        )])
+        Ok(Vec::new())
     }
 
     fn cancel(
@@ -254,31 +328,77 @@ impl CoordinatorHandler {
         cancel: &Cancel,
     ) -> Result<Vec<Outgoing>, WfmError> {
         check_key(delivery.key.as_deref(), &cancel.key)?;
-        let store = self.partitions.entry(delivery.partition).or_default();
-        if store.cancel(&cancel.key) {
-            debug!("callback cancelled");
-            self.stats.count(Event::Cancelled, 1);
-            self.publish(delivery.partition);
-        } else {
-            debug!("cancel of a callback not armed (already fired or cancelled)");
+        let partition = self.partitions.entry(delivery.partition).or_default();
+        partition.unsaved.remove(&cancel.key);
+        let disarmed = partition.timers.cancel(&cancel.key);
+        match disarmed {
+            Some(_) => {
+                debug!("callback cancelled");
+                self.stats.count(Event::Cancelled, 1);
+                self.publish(delivery.partition);
+            }
+            None => debug!("cancel of a callback not armed (already fired or cancelled)"),
         }
-        // Written even when nothing was armed: a redelivered cancel must
-        // leave the changelog as the first delivery did.
-        Ok(vec![tombstone(topics, &cancel.key, delivery.partition)])
+        Ok(match disarmed {
+            Some(Disarmed::InMemoryOnly) => Vec::new(),
+            Some(Disarmed::InChangelog) | None => {
+                vec![tombstone(topics, &cancel.key, delivery.partition)]
+            }
+        })
     }
 
     /// Every callback due at `now`, up to the configured batch, by partition.
     fn take_due(&mut self, now: i64) -> Vec<(i32, Callback)> {
         let mut due = Vec::new();
-        for (&partition, store) in &mut self.partitions {
+        for (&number, partition) in &mut self.partitions {
             while due.len() < self.config.max_fire_batch {
-                match store.pop_due(now) {
-                    Some(callback) => due.push((partition, callback)),
+                match partition.timers.pop_due(now) {
+                    Some(callback) => due.push((number, callback)),
                     None => break,
                 }
             }
         }
         due
+    }
+
+    /// Writes to the changelog the callbacks armed for `save_after_ms`, and
+    /// once it has them, lets the inbox commit past their registers.
+    async fn save_due(&mut self, ctx: &Context, now: i64) -> Result<(), WfmError> {
+        let mut saving = Vec::new();
+        for (&number, partition) in &mut self.partitions {
+            for key in partition.unsaved.due(now) {
+                if let Some(callback) = partition.timers.get(&key) {
+                    saving.push((number, callback));
+                }
+            }
+        }
+        if saving.is_empty() {
+            return Ok(());
+        }
+        let records: Vec<Outgoing> = saving
+            .iter()
+            .map(|(number, callback)| changelog_record(&ctx.topics, callback, *number))
+            .collect();
+        if let Err(error) = ctx.producer.send_all(&records).await {
+            // Still unsaved: try again shortly.
+            let retry_at = now + 100;
+            for (number, callback) in &saving {
+                if let Some(partition) = self.partitions.get_mut(number) {
+                    if let Some(&offset) = partition.unsaved.offset_of.get(&callback.key) {
+                        partition.unsaved.queue.push_back((retry_at, offset));
+                    }
+                }
+            }
+            return Err(error);
+        }
+        for (number, callback) in &saving {
+            if let Some(partition) = self.partitions.get_mut(number) {
+                partition.unsaved.remove(&callback.key);
+                partition.timers.set_in_changelog(&callback.key);
+            }
+        }
+        debug!(saved = saving.len(), "callbacks saved to the changelog");
+        Ok(())
     }
 }
 
@@ -293,9 +413,15 @@ impl Handler for CoordinatorHandler {
     ) -> Result<Vec<Outgoing>, WfmError> {
         let inbox = ctx.topics.name(Topic::Coordinator);
         for (_, partition) in partitions.iter().filter(|(topic, _)| *topic == inbox) {
-            let store = restore(&ctx.kafka, *partition).await?;
-            self.stats.count(Event::Restored, store.len() as u64);
-            self.partitions.insert(*partition, store);
+            let timers = restore(&ctx.kafka, *partition).await?;
+            self.stats.count(Event::Restored, timers.len() as u64);
+            self.partitions.insert(
+                *partition,
+                Partition {
+                    timers,
+                    unsaved: Unsaved::default(),
+                },
+            );
             self.publish(*partition);
         }
         Ok(Vec::new())
@@ -303,10 +429,10 @@ impl Handler for CoordinatorHandler {
 
     async fn on_revoked(&mut self, partitions: &[TopicPartition]) {
         for (_, partition) in partitions {
-            if let Some(store) = self.partitions.remove(partition) {
+            if let Some(p) = self.partitions.remove(partition) {
                 info!(
                     partition,
-                    armed = store.len(),
+                    armed = p.timers.len(),
                     "partition revoked; its callbacks are its next owner's"
                 );
             }
@@ -337,7 +463,8 @@ impl Handler for CoordinatorHandler {
         let deadline = self
             .partitions
             .values()
-            .filter_map(TimerStore::next_deadline)
+            .flat_map(|p| [p.timers.next_deadline(), p.unsaved.next_save()])
+            .flatten()
             .min()?;
         let wait = Duration::from_millis(deadline.saturating_sub(now_ms()).max(0) as u64);
         let now = tokio::time::Instant::now();
@@ -348,8 +475,13 @@ impl Handler for CoordinatorHandler {
         )
     }
 
+    fn replay_from(&self, (_, partition): &TopicPartition) -> Option<i64> {
+        self.partitions.get(partition)?.unsaved.oldest()
+    }
+
     async fn on_wakeup(&mut self, ctx: &Context) -> Result<Vec<Outgoing>, WfmError> {
         let now = now_ms();
+        self.save_due(ctx, now).await?;
         let due = self.take_due(now);
         if due.is_empty() {
             return Ok(Vec::new());
@@ -361,7 +493,11 @@ impl Handler for CoordinatorHandler {
         if let Err(error) = ctx.producer.send_all(&timeouts).await {
             // Not known to be delivered: arm them again, to fire at the next wakeup.
             for (partition, callback) in &due {
-                self.partitions.entry(*partition).or_default().arm(callback);
+                self.partitions
+                    .entry(*partition)
+                    .or_default()
+                    .timers
+                    .arm(callback);
             }
             return Err(error);
         }
@@ -375,7 +511,12 @@ impl Handler for CoordinatorHandler {
             } else {
                 debug!(callback = %callback.key, lateness_ms = lateness, "callback fired");
             }
-            tombstones.push(tombstone(&ctx.topics, &callback.key, *partition));
+            if let Some(p) = self.partitions.get_mut(partition) {
+                p.unsaved.remove(&callback.key);
+            }
+            if callback.in_changelog {
+                tombstones.push(tombstone(&ctx.topics, &callback.key, *partition));
+            }
         }
         self.stats.count(Event::Fired, due.len() as u64);
         let partitions: std::collections::BTreeSet<i32> = due.iter().map(|(p, _)| *p).collect();
@@ -389,6 +530,31 @@ impl Handler for CoordinatorHandler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_inbox_is_held_at_the_oldest_unsaved_register() {
+        let mut unsaved = Unsaved::default();
+        unsaved.insert("a", 10, 100);
+        unsaved.insert("b", 11, 101);
+        unsaved.insert("c", 12, 102);
+        assert_eq!(unsaved.oldest(), Some(10));
+        // A cancel releases its register.
+        unsaved.remove("a");
+        assert_eq!(unsaved.oldest(), Some(11));
+        // A re-register moves the key to its newer record.
+        unsaved.insert("b", 13, 103);
+        assert_eq!(unsaved.oldest(), Some(12));
+        assert_eq!(unsaved.next_save(), Some(100));
+        // Due in register order; entries that left meanwhile are skipped.
+        assert_eq!(unsaved.due(102), ["c"]);
+        assert_eq!(unsaved.due(103), ["b"]);
+        assert_eq!(unsaved.due(i64::MAX), Vec::<String>::new());
+        // Being due does not release a register: only saving it does.
+        assert_eq!(unsaved.oldest(), Some(12));
+        unsaved.remove("c");
+        unsaved.remove("b");
+        assert_eq!(unsaved.oldest(), None);
+    }
     use serde_json::json;
 
     fn register(deadline: Option<i64>, timeout_ms: Option<u64>, reply_topic: &str) -> Register {

@@ -28,6 +28,11 @@ pub struct CoordinatorConfig {
     /// At most this many timeouts are produced per wakeup, so that a burst of
     /// overdue callbacks does not hold up registers and cancels.
     pub max_fire_batch: usize,
+    /// A callback still armed this long after its register is written to the
+    /// changelog; until then its inbox record is its only durable copy, and
+    /// the inbox offset is not committed past it. Most callbacks are
+    /// cancelled sooner and never cost a changelog record.
+    pub save_after_ms: u64,
 }
 
 impl Default for CoordinatorConfig {
@@ -36,6 +41,7 @@ impl Default for CoordinatorConfig {
             group: None,
             late_after_ms: 500,
             max_fire_batch: 1_000,
+            save_after_ms: 2_000,
         }
     }
 }

@@ -23,6 +23,9 @@ pub struct Callback {
     pub correlation_id: String,
     /// The register's context as JSON text: far smaller than a `serde_json::Value` tree.
     pub context: String,
+    /// Whether `coordinator.state` holds a record for this key, so that
+    /// disarming it must write a tombstone.
+    pub in_changelog: bool,
 }
 
 /// What arming did to the callback's previous registration, if any.
@@ -30,6 +33,13 @@ pub struct Callback {
 pub enum Armed {
     New,
     Replaced { previous_deadline: i64 },
+}
+
+/// What a cancel disarmed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disarmed {
+    InChangelog,
+    InMemoryOnly,
 }
 
 /// `key`, `reply_key`, `correlation_id` and `context` in one allocation:
@@ -83,11 +93,12 @@ impl Packed {
 struct Entry {
     deadline: i64,
     reply_topic: Topic,
+    in_changelog: bool,
     packed: Packed,
 }
 
 impl Entry {
-    fn unpack(self) -> Callback {
+    fn unpack(&self) -> Callback {
         let part = |i| self.packed.part(i).to_owned();
         Callback {
             key: part(0),
@@ -96,6 +107,7 @@ impl Entry {
             reply_key: part(1),
             correlation_id: part(2),
             context: part(3),
+            in_changelog: self.in_changelog,
         }
     }
 }
@@ -127,15 +139,33 @@ impl TimerStore {
         self.find(key).map(|slot| self.entry(slot).deadline)
     }
 
+    /// The armed callback of `key`, unpacked.
+    pub fn get(&self, key: &str) -> Option<Callback> {
+        self.find(key).map(|slot| self.entry(slot).unpack())
+    }
+
+    /// Records that the changelog now holds `key`'s registration.
+    pub fn set_in_changelog(&mut self, key: &str) {
+        if let Some(slot) = self.find(key) {
+            if let Some(entry) = self.slots[slot as usize].as_mut() {
+                entry.in_changelog = true;
+            }
+        }
+    }
+
     /// Arms `callback`, replacing any registration of its key: the old
-    /// deadline leaves the deadline order at once, so it can never fire.
+    /// deadline leaves the deadline order at once, so it can never fire. A
+    /// replaced registration that was in the changelog leaves its record
+    /// there, so the key stays marked as in the changelog.
     pub fn arm(&mut self, callback: &Callback) -> Armed {
-        let entry = Entry {
+        let mut entry = Entry {
             deadline: callback.deadline,
             reply_topic: callback.reply_topic,
+            in_changelog: callback.in_changelog,
             packed: Packed::new(callback),
         };
         if let Some(slot) = self.find(&callback.key) {
+            entry.in_changelog |= self.entry(slot).in_changelog;
             let old = self.slots[slot as usize]
                 .replace(entry)
                 .expect("indexed slot is full");
@@ -168,15 +198,13 @@ impl TimerStore {
         Armed::New
     }
 
-    /// Disarms `key`; returns whether it was armed.
-    pub fn cancel(&mut self, key: &str) -> bool {
-        match self.find(key) {
-            Some(slot) => {
-                self.remove(slot);
-                true
-            }
-            None => false,
-        }
+    /// Disarms `key`; returns whether it was armed, and if so whether the changelog holds it.
+    pub fn cancel(&mut self, key: &str) -> Option<Disarmed> {
+        let slot = self.find(key)?;
+        Some(match self.remove(slot).in_changelog {
+            true => Disarmed::InChangelog,
+            false => Disarmed::InMemoryOnly,
+        })
     }
 
     /// Removes and returns the earliest callback whose deadline is at or before `now`.
@@ -233,6 +261,7 @@ mod tests {
             reply_key: format!("reply-{key}"),
             correlation_id: "corr".into(),
             context: r#"{"n":1}"#.into(),
+            in_changelog: false,
         }
     }
 
@@ -267,6 +296,7 @@ mod tests {
             reply_key: String::new(),
             correlation_id: "c-1".into(),
             context: r#"{"flow":"f","nested":[1,2]}"#.into(),
+            in_changelog: true,
         };
         store.arm(&original);
         assert_eq!(store.pop_due(5), Some(original));
@@ -297,12 +327,29 @@ mod tests {
         let mut store = TimerStore::default();
         store.arm(&callback("a", 10));
         store.arm(&callback("b", 10));
-        assert!(store.cancel("a"));
-        assert!(!store.cancel("a"));
-        assert!(!store.cancel("never-armed"));
+        assert_eq!(store.cancel("a"), Some(Disarmed::InMemoryOnly));
+        assert_eq!(store.cancel("a"), None);
+        assert_eq!(store.cancel("never-armed"), None);
         assert_eq!(store.deadline_of("a"), None);
         assert_eq!(store.deadline_of("b"), Some(10));
         assert_eq!(drain(&mut store, i64::MAX), [("b".into(), 10)]);
+    }
+
+    #[test]
+    fn a_key_stays_in_the_changelog_until_disarmed() {
+        let mut store = TimerStore::default();
+        store.arm(&callback("k", 10));
+        assert_eq!(store.get("k").map(|c| c.in_changelog), Some(false));
+        store.set_in_changelog("k");
+        // Re-registered: the changelog still holds the old record.
+        store.arm(&callback("k", 20));
+        assert_eq!(
+            store.get("k").map(|c| (c.deadline, c.in_changelog)),
+            Some((20, true))
+        );
+        assert_eq!(store.cancel("k"), Some(Disarmed::InChangelog));
+        store.arm(&callback("k", 30));
+        assert_eq!(store.pop_due(30).map(|c| c.in_changelog), Some(false));
     }
 
     #[test]
@@ -313,7 +360,7 @@ mod tests {
                 store.arm(&callback(&format!("k{i}"), i64::from(i % 7)));
             }
             for i in (0..1_000).step_by(2) {
-                assert!(store.cancel(&format!("k{i}")), "round {round}");
+                assert!(store.cancel(&format!("k{i}")).is_some(), "round {round}");
             }
             assert_eq!(store.len(), 500);
             let fired = drain(&mut store, i64::MAX);

@@ -88,6 +88,13 @@ pub trait Handler: Send + 'static {
     async fn on_wakeup(&mut self, _ctx: &Context) -> Result<Vec<Outgoing>, WfmError> {
         Ok(Vec::new())
     }
+
+    /// The oldest offset of `partition` whose effect lives only in this
+    /// handler's memory. The committed offset never passes it, so whoever
+    /// owns the partition after a crash handles that record again.
+    fn replay_from(&self, _partition: &TopicPartition) -> Option<i64> {
+        None
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -285,7 +292,7 @@ impl<'a> Session<'a> {
             if self.pending.len() >= self.ctx.kafka.max_in_flight {
                 status.set_state(ConsumerState::Paused);
                 if let Some(done) = self.pending.next().await {
-                    self.complete(done)?;
+                    self.complete(handler, done)?;
                 }
                 continue;
             }
@@ -299,7 +306,7 @@ impl<'a> Session<'a> {
                 biased;
                 _ = self.shutdown.cancelled() => return Ok(()),
                 Some(event) = events.recv() => self.rebalance(handler, event).await?,
-                Some(done) = self.pending.next(), if !self.pending.is_empty() => self.complete(done)?,
+                Some(done) = self.pending.next(), if !self.pending.is_empty() => self.complete(handler, done)?,
                 _ = sleep_until(wakeup), if wakeup.is_some() => {
                     let outputs = match handler.on_wakeup(self.ctx).await {
                         Ok(outputs) => outputs,
@@ -351,7 +358,7 @@ impl<'a> Session<'a> {
     ) -> Result<(), WfmError> {
         // Whatever was in flight must be settled before state is dropped or
         // rebuilt, so that a restore sees every acknowledged output.
-        self.drain().await?;
+        self.drain(&*handler).await?;
         match event {
             RebalanceEvent::Revoked(partitions) => {
                 info!(?partitions, "partitions revoked");
@@ -553,12 +560,21 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    fn complete(&mut self, (origin, result): Completion) -> Result<(), WfmError> {
+    fn complete<H: Handler>(
+        &mut self,
+        handler: &H,
+        (origin, result): Completion,
+    ) -> Result<(), WfmError> {
         result?;
         let Some((tp, offset)) = origin else {
             return Ok(());
         };
-        if let Some(done) = self.offsets.complete(&tp, offset) {
+        let done = self.offsets.complete(&tp, offset).map(|done| {
+            handler
+                .replay_from(&tp)
+                .map_or(done, |replay| done.min(replay - 1))
+        });
+        if let Some(done) = done.filter(|done| *done >= 0) {
             Counters::bump(&self.ctx.status.counters.committed);
             let consumer = self.consumer.as_ref().expect("connected");
             if let Err(error) = consumer.store_offset(&tp.0, tp.1, done) {
@@ -569,9 +585,9 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    async fn drain(&mut self) -> Result<(), WfmError> {
+    async fn drain<H: Handler>(&mut self, handler: &H) -> Result<(), WfmError> {
         while let Some(done) = self.pending.next().await {
-            self.complete(done)?;
+            self.complete(handler, done)?;
         }
         Ok(())
     }
@@ -580,16 +596,14 @@ impl<'a> Session<'a> {
     /// after a failure, commits nothing more. Either way the handler forgets
     /// every partition, to be restored by whoever owns it next.
     async fn close<H: Handler>(&mut self, handler: &mut H, clean: bool) {
+        let mut settled = false;
         if clean {
-            let settle = tokio::time::timeout(Duration::from_secs(10), self.drain()).await;
-            if !matches!(settle, Ok(Ok(()))) {
+            let settle = tokio::time::timeout(Duration::from_secs(10), self.drain(handler)).await;
+            settled = matches!(settle, Ok(Ok(())));
+            if !settled {
                 warn!(
                     "outputs not all acknowledged at shutdown; their records will be redelivered"
                 );
-            } else if let Some(consumer) = &self.consumer {
-                if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
-                    debug!(%error, "final commit");
-                }
             }
         }
         self.pending = FuturesUnordered::new();
@@ -597,8 +611,17 @@ impl<'a> Session<'a> {
         handler.on_revoked(&owned).await;
         self.ctx.status.set_assigned(Vec::new());
         if let Some(consumer) = self.consumer.take() {
-            // Closing blocks while the group is left; keep it off the async workers.
-            let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
+            // The final commit and leaving the group block on the broker: keep them
+            // off the async workers, which may be serving that very broker.
+            let _ = tokio::task::spawn_blocking(move || {
+                if settled {
+                    if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
+                        debug!(%error, "final commit");
+                    }
+                }
+                drop(consumer)
+            })
+            .await;
         }
     }
 }

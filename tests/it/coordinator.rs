@@ -131,7 +131,7 @@ fn count_by_key(fired: &[Fired]) -> HashMap<&str, usize> {
 }
 
 /// Waits until the changelog holds at least `n` records: the coordinator has
-/// handled everything sent so far and made it durable.
+/// saved the callbacks armed for longer than its `save_after_ms`.
 async fn await_changelog(kafka: &KafkaConfig, n: usize) {
     let changelog = kafka.topics().name(Topic::CoordinatorState);
     let records = read_topic(kafka, &changelog, WAIT, |r| r.len() >= n).await;
@@ -219,37 +219,38 @@ async fn callbacks_survive_sigkill_and_overdue_ones_fire_on_restart() {
     let callbacks = Callbacks::new(&broker.kafka);
     await_live(&callbacks, "warm-up").await;
 
+    // `saved`: armed long enough (save_after_ms, 2 s) to be in the changelog.
     let now = now_ms();
-    let soon: Vec<String> = (0..6).map(|i| format!("soon-{i}")).collect();
-    let later: Vec<String> = (0..6).map(|i| format!("later-{i}")).collect();
-    for key in &soon {
+    let saved: Vec<String> = (0..6).map(|i| format!("saved-{i}")).collect();
+    for key in &saved {
+        callbacks.register(key, now + 20_000).await;
+    }
+    callbacks.cancel("saved-1").await;
+    await_changelog(&broker.kafka, 5).await;
+    // `fresh`: killed before they could be saved, so their inbox records are
+    // their only copy; they fall due while no coordinator runs.
+    let now = now_ms();
+    let fresh: Vec<String> = (0..6).map(|i| format!("fresh-{i}")).collect();
+    for key in &fresh {
         callbacks.register(key, now + 2_500).await;
     }
-    for key in &later {
-        callbacks.register(key, now + 9_000).await;
-    }
-    for key in ["soon-1", "later-1"] {
-        callbacks.cancel(key).await;
-    }
-    // warm-up (register + tombstone), 12 registers, 2 cancel tombstones.
-    await_changelog(&broker.kafka, 16).await;
+    callbacks.cancel("fresh-1").await;
     first.kill().await;
-    // The `soon` ones fall due while no coordinator runs. The wait also
-    // outlasts the dead member's session: tansu 0.6 hands a member that joins
-    // before then no partitions and does not rebalance when the session expires.
+    // The wait also outlasts the dead member's session, so the next member
+    // is assigned its partitions.
     tokio::time::sleep(Duration::from_secs(8)).await;
     let _second = coordinator(&broker).await;
 
-    let expected: Vec<&str> = soon
+    let expected: Vec<&str> = fresh
         .iter()
-        .chain(&later)
+        .chain(&saved)
         .map(String::as_str)
         .filter(|k| !k.ends_with("-1"))
         .collect();
     let fired = timeouts_until(&broker.kafka, &expected).await;
     let counts = count_by_key(&fired);
-    assert!(!counts.contains_key("soon-1"), "{counts:?}");
-    assert!(!counts.contains_key("later-1"), "{counts:?}");
+    assert!(!counts.contains_key("saved-1"), "{counts:?}");
+    assert!(!counts.contains_key("fresh-1"), "{counts:?}");
     for f in fired.iter().filter(|f| f.timeout.key != "warm-up") {
         assert!(f.timeout.fired_at >= f.timeout.deadline, "{f:?}");
         assert_eq!(f.timeout.context["key"], json!(f.timeout.key));
