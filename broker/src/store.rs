@@ -86,7 +86,7 @@ impl Store {
 struct MemoryLog {
     partitions: Mutex<HashMap<Topition, Partition>>,
     /// tansu answers metadata from its object store; it only changes when a
-    /// topic is created or deleted, which goes through here.
+    /// topic is created or deleted or a broker registers, which go through here.
     metadata: Mutex<HashMap<Option<Vec<TopicId>>, MetadataResponse>>,
 }
 
@@ -218,7 +218,12 @@ impl MemoryLog {
 #[async_trait]
 impl Storage for Store {
     async fn register_broker(&self, broker_registration: BrokerRegistrationRequest) -> Result<()> {
-        self.tansu.register_broker(broker_registration).await
+        self.tansu.register_broker(broker_registration).await?;
+        if let Some(memory) = &self.memory {
+            // Metadata names the brokers too.
+            memory.topics_changed();
+        }
+        Ok(())
     }
 
     async fn create_topic(&self, topic: CreatableTopic, validate_only: bool) -> Result<Uuid> {
