@@ -1,5 +1,5 @@
 // Every record becomes and leaves a short-lived JSON tree; under load glibc's
-// malloc took a quarter of the components' CPU (see docs/performance.md).
+// malloc took a quarter of the components' CPU (README, "Performance").
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
