@@ -174,13 +174,20 @@ async fn histories(
     }
 }
 
+const SIMULATOR_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 async fn switches(simulator_url: &str) -> Result<Vec<SwitchTable>, CollectError> {
     let url = format!("{}/switches", simulator_url.trim_end_matches('/'));
     let fail = |source| CollectError::Simulator {
         url: url.clone(),
         source,
     };
-    reqwest::get(&url)
+    // A switch controller that accepts the connection and never answers must
+    // not hang the check.
+    reqwest::Client::new()
+        .get(&url)
+        .timeout(SIMULATOR_TIMEOUT)
+        .send()
         .await
         .and_then(reqwest::Response::error_for_status)
         .map_err(fail)?

@@ -13,7 +13,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 use wfm_protocol::Topic;
-use wfm_runtime::producer::client_config;
+use wfm_runtime::producer::reader_config;
 use wfm_runtime::status::{ConsumerStatus, Counters};
 use wfm_runtime::{ConsumerState, KafkaConfig, Registry, WfmError};
 
@@ -75,15 +75,8 @@ impl Tail {
         status: &ConsumerStatus,
         apply: &mut (impl FnMut(&str, Option<&[u8]>) + Send),
     ) -> Result<(), WfmError> {
-        let mut config = client_config(kafka, &kafka.consumer);
-        // librdkafka wants a group id even for assign(); nothing is ever committed to it.
-        config
-            .set(
-                "group.id",
-                format!("wfm-northbound-{:x}", rand::random::<u64>()),
-            )
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest");
+        let mut config = reader_config(kafka, "wfm-northbound");
+        config.set("auto.offset.reset", "earliest");
         let consumer: Arc<StreamConsumer> = Arc::new(config.create()?);
         // Explicit offsets, resolved now: a reply produced after this point is
         // never missed, as it could be while `Offset::End` is still being resolved.

@@ -11,7 +11,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::KafkaConfig;
 use crate::error::WfmError;
-use crate::producer::client_config;
+use crate::producer::reader_config;
 
 /// The latest value of every key in the given partitions of `topic`, as of
 /// their high watermarks when the call began; tombstoned keys are absent.
@@ -41,11 +41,8 @@ pub async fn read(
     partitions: &[i32],
     mut apply: impl FnMut(String, Option<&[u8]>),
 ) -> Result<u64, WfmError> {
-    let mut config = client_config(kafka, &kafka.consumer);
-    config
-        .set("group.id", format!("wfm-restore-{}", uuid_like()))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false");
+    let mut config = reader_config(kafka, "wfm-restore");
+    config.set("enable.partition.eof", "false");
     let consumer: Arc<StreamConsumer> = Arc::new(config.create()?);
 
     let mut ends = HashMap::new();
@@ -122,8 +119,4 @@ fn fetched_high_watermark(consumer: &StreamConsumer, topic: &str, partition: i32
         )
     };
     (error == rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high)
-}
-
-fn uuid_like() -> String {
-    format!("{:x}", rand::random::<u64>())
 }

@@ -61,6 +61,20 @@ pub fn client_config(
     config
 }
 
+/// Settings for a consumer that only reads partitions it assigns itself.
+///
+/// librdkafka wants a group id even for `assign()`, so each reader gets a
+/// fresh one named after `purpose`; nothing is ever committed to it. With
+/// auto-commit on, closing such a consumer makes a final commit, and once the
+/// broker is gone that close blocks for most of a minute.
+pub fn reader_config(kafka: &KafkaConfig, purpose: &str) -> ClientConfig {
+    let mut config = client_config(kafka, &kafka.consumer);
+    config
+        .set("group.id", format!("{purpose}-{:x}", rand::random::<u64>()))
+        .set("enable.auto.commit", "false");
+    config
+}
+
 #[derive(Clone)]
 pub struct Producer {
     inner: FutureProducer,

@@ -24,7 +24,7 @@ use serde::Serialize;
 use wfm_protocol::flow::{FlowEndpoint, FlowStatus, FlowsMessage};
 use wfm_protocol::history::{HistoryEvent, HistoryMessage};
 use wfm_protocol::{Envelope, Topic};
-use wfm_runtime::producer::client_config;
+use wfm_runtime::producer::{client_config, reader_config};
 use wfm_runtime::{KafkaConfig, Outgoing, Producer};
 
 use super::system::Cluster;
@@ -351,9 +351,7 @@ impl FlowWatcher {
 /// (tansu may report a watermark short of its last batch: that only means
 /// reading a few older records, which the bench ignores.)
 async fn assign_from_end(kafka: &KafkaConfig, topic: Topic) -> anyhow::Result<StreamConsumer> {
-    let mut config = client_config(kafka, &kafka.consumer);
-    config.set("group.id", format!("wfm-bench-{:x}", rand::random::<u64>()));
-    let consumer = Arc::new(config.create::<StreamConsumer>()?);
+    let consumer = Arc::new(reader_config(kafka, "wfm-bench").create::<StreamConsumer>()?);
     let name = kafka.topics().name(topic);
     let mut assignment = TopicPartitionList::new();
     for partition in 0..kafka.partitions_of(topic) {
@@ -378,9 +376,7 @@ async fn hop_floor(kafka: &KafkaConfig, pings: usize) -> anyhow::Result<Latencie
     let _ = admin
         .create_topics([&new_topic], &AdminOptions::new())
         .await?;
-    let mut config = client_config(kafka, &kafka.consumer);
-    config.set("group.id", format!("wfm-bench-{:x}", rand::random::<u64>()));
-    let consumer: StreamConsumer = config.create()?;
+    let consumer: StreamConsumer = reader_config(kafka, "wfm-bench").create()?;
     let mut assignment = TopicPartitionList::new();
     // From the beginning: pings of earlier runs are skipped by key below.
     assignment.add_partition_offset(&topic, 0, Offset::Beginning)?;

@@ -2,9 +2,11 @@
 //! port) per test, `wfm` component processes that can be killed with SIGKILL,
 //! and helpers to read what landed on a topic.
 
+use std::collections::HashMap;
 use std::net::TcpListener;
 use std::process::Stdio;
-use std::time::Duration;
+use std::sync::{Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message as _;
@@ -26,6 +28,7 @@ pub fn free_port() -> u16 {
 /// A `wfm` process; killed with SIGKILL when dropped.
 pub struct WfmProcess {
     pub child: Child,
+    _registered: Registered,
 }
 
 impl WfmProcess {
@@ -62,6 +65,8 @@ impl WfmProcess {
             }
         }
         let mut child = command.spawn().expect("wfm binary spawns");
+        let registered =
+            watchdog().register(Watched::Process(child.id().expect("a running child")));
         let stdout = child.stdout.take().expect("piped stdout");
         let mut lines = BufReader::new(stdout).lines();
         let ready = tokio::time::timeout(Duration::from_secs(60), async {
@@ -76,7 +81,10 @@ impl WfmProcess {
         assert_eq!(ready, Ok(true), "wfm {args:?} did not become ready");
         // Keep draining stdout so the child never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Self { child }
+        Self {
+            child,
+            _registered: registered,
+        }
     }
 
     /// SIGKILL: no shutdown hook runs, nothing is flushed or committed.
@@ -99,6 +107,7 @@ impl WfmProcess {
 pub struct TestBroker {
     pub kafka: KafkaConfig,
     _process: WfmProcess,
+    _test: Registered,
 }
 
 impl TestBroker {
@@ -116,9 +125,14 @@ impl TestBroker {
             ..KafkaConfig::default()
         };
         kafka.tune_for_embedded_broker();
+        let test = std::thread::current()
+            .name()
+            .unwrap_or("an unnamed test")
+            .to_owned();
         Self {
             kafka,
             _process: process,
+            _test: watchdog().register(Watched::Test(test, Instant::now())),
         }
     }
 
@@ -150,11 +164,9 @@ pub async fn read_topic(
     timeout: Duration,
     done: impl Fn(&[Record]) -> bool,
 ) -> Vec<Record> {
-    let mut config = wfm_runtime::producer::client_config(kafka, &Default::default());
-    config
-        .set("group.id", format!("test-reader-{}", rand::random::<u64>()))
-        .set("enable.auto.commit", "false");
-    let consumer: StreamConsumer = config.create().expect("reader");
+    let consumer: StreamConsumer = wfm_runtime::producer::reader_config(kafka, "test-reader")
+        .create()
+        .expect("reader");
     let mut assignment = TopicPartitionList::new();
     for partition in 0..kafka.partitions_of(kafka.topics().parse(topic).expect("a wfm topic")) {
         assignment
@@ -190,5 +202,74 @@ pub async fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> b
             return false;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// No test may hold its broker longer than this. A test that hangs then ends
+/// the run within minutes, with its name, instead of holding CI to its limit.
+const TEST_LIMIT: Duration = Duration::from_secs(600);
+
+/// What the watchdog keeps an eye on.
+enum Watched {
+    /// A running test, by name, since it started its broker.
+    Test(String, Instant),
+    /// A `wfm` child process, killed before the watchdog ends the run: it
+    /// would otherwise outlive the run and hold its output pipe open.
+    Process(u32),
+}
+
+#[derive(Default)]
+struct Watchdog {
+    watched: Mutex<HashMap<u64, Watched>>,
+}
+
+/// Unregisters on drop.
+struct Registered(u64);
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        watchdog().lock().remove(&self.0);
+    }
+}
+
+fn watchdog() -> &'static Watchdog {
+    static WATCHDOG: OnceLock<Watchdog> = OnceLock::new();
+    WATCHDOG.get_or_init(|| {
+        std::thread::spawn(|| loop {
+            std::thread::sleep(Duration::from_secs(5));
+            watchdog().end_the_run_if_a_test_hangs();
+        });
+        Watchdog::default()
+    })
+}
+
+impl Watchdog {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Watched>> {
+        self.watched.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn register(&self, watched: Watched) -> Registered {
+        let id = rand::random();
+        self.lock().insert(id, watched);
+        Registered(id)
+    }
+
+    fn end_the_run_if_a_test_hangs(&self) {
+        let watched = self.lock();
+        let Some(test) = watched.values().find_map(|w| match w {
+            Watched::Test(name, since) if since.elapsed() > TEST_LIMIT => Some(name),
+            _ => None,
+        }) else {
+            return;
+        };
+        eprintln!("{test} has run for more than {TEST_LIMIT:?}: it hangs; ending the test run");
+        for watched in watched.values() {
+            if let Watched::Process(pid) = watched {
+                let _ = std::process::Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+        }
+        std::process::exit(101);
     }
 }

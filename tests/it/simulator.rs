@@ -164,11 +164,9 @@ impl Sim {
 /// A consumer of every partition of `topic` from the beginning.
 fn reader(broker: &TestBroker, topic: Topic) -> StreamConsumer {
     let kafka = &broker.kafka;
-    let mut config = wfm_runtime::producer::client_config(kafka, &Default::default());
-    config
-        .set("group.id", format!("test-reader-{}", rand::random::<u64>()))
-        .set("enable.auto.commit", "false");
-    let consumer: StreamConsumer = config.create().unwrap();
+    let consumer: StreamConsumer = wfm_runtime::producer::reader_config(kafka, "test-reader")
+        .create()
+        .unwrap();
     let mut assignment = TopicPartitionList::new();
     for partition in 0..kafka.partitions_of(topic) {
         assignment

@@ -232,12 +232,9 @@ impl Drop for HubClient {
 impl HubClient {
     pub async fn start(kafka: &KafkaConfig) -> Self {
         let replies = Arc::new(Mutex::new(Vec::new()));
-        let mut config = wfm_runtime::producer::client_config(kafka, &Default::default());
-        config.set(
-            "group.id",
-            format!("test-replies-{}", rand::random::<u64>()),
-        );
-        let consumer: StreamConsumer = config.create().expect("reply reader");
+        let consumer: StreamConsumer = wfm_runtime::producer::reader_config(kafka, "test-replies")
+            .create()
+            .expect("reply reader");
         let topic = kafka.topics().name(Topic::Northbound);
         let mut assignment = TopicPartitionList::new();
         for partition in 0..kafka.partitions_of(Topic::Northbound) {

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use wfm_protocol::topology::{LinkInfo, TopologyRecord};
 use wfm_protocol::{Envelope, Topic};
-use wfm_runtime::producer::client_config;
+use wfm_runtime::producer::reader_config;
 use wfm_runtime::{KafkaConfig, WfmError};
 
 /// Switches, their ports, and directed links, indexed for path computation.
@@ -143,11 +143,8 @@ pub async fn spawn_reader(
     shutdown: CancellationToken,
 ) -> Result<SharedNetwork, WfmError> {
     let topic = kafka.topics().name(Topic::Topology);
-    let mut config = client_config(kafka, &kafka.consumer);
-    config
-        .set("group.id", format!("wfm-topology-{:x}", rand_suffix()))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false");
+    let mut config = reader_config(kafka, "wfm-topology");
+    config.set("enable.partition.eof", "false");
     let consumer: Arc<StreamConsumer> = Arc::new(config.create()?);
     let mut ends = HashMap::new();
     let mut assignment = TopicPartitionList::new();
@@ -222,14 +219,6 @@ pub async fn spawn_reader(
         }
     });
     Ok(shared)
-}
-
-fn rand_suffix() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default()
-        ^ u128::from(std::process::id())
 }
 
 #[cfg(test)]
