@@ -1,6 +1,6 @@
 //! The speaker worker's inbox (`wfm.speaker-worker`, keyed by job id): jobs
-//! from the hub, switch replies and coordinator timeouts for its commands, all
-//! for one job on one partition; and the job result it sends back.
+//! from the hub and switch replies, all for one job on one partition; and the
+//! job result it sends back.
 //!
 //! A job is one FSM step of one flow: a batch of switch operations. The
 //! worker sends each as a switch command with a fresh command id per attempt,
@@ -10,7 +10,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::coordinator::CallbackTimeout;
 use crate::resources::ReplyTo;
 use crate::switch::{Cookie, Rule, SwitchErrorCode, SwitchReply};
 
@@ -19,7 +18,6 @@ use crate::switch::{Cookie, Rule, SwitchErrorCode, SwitchReply};
 pub enum SpeakerMessage {
     RunJob(SpeakerJob),
     SwitchReply(SwitchReply),
-    CallbackTimeout(CallbackTimeout),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -4,8 +4,11 @@
 //! and return [`Effect`]s for the caller to perform, so the whole life of a
 //! job is testable without Kafka.
 //!
-//! The state is plain data and is persisted after every change, so a worker
-//! that takes the job over resumes where the last one stopped.
+//! Every timer of a job (an attempt's reply timeout, a retry's backoff, the
+//! job's deadline) is part of its state and surfaces through
+//! [`JobState::next_tick`]. The state is plain data: a worker that takes the
+//! job over from its changelog re-sends the attempts in flight and re-arms
+//! their timeouts, so it resumes where the last one stopped.
 
 use std::time::Duration;
 
@@ -23,6 +26,8 @@ pub struct RetryPolicy {
     pub max_attempts: u32,
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
+    /// An attempt unanswered for this long has timed out.
+    pub command_timeout: Duration,
 }
 
 impl RetryPolicy {
@@ -35,6 +40,14 @@ impl RetryPolicy {
             .saturating_mul(factor)
             .min(self.max_backoff)
     }
+
+    fn timeout_at(&self, sent_at: i64) -> i64 {
+        sent_at.saturating_add(millis(self.command_timeout))
+    }
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// The command id of one attempt of one operation: fresh per attempt (so a
@@ -52,9 +65,12 @@ pub fn command_id(job_id: &str, operation: usize, attempt: u32) -> String {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "phase", rename_all = "snake_case")]
 pub enum Phase {
-    /// Attempt `attempt` is out; its reply or timeout is awaited.
+    /// Attempt `attempt` is out; its reply is awaited until `timeout_at` (ms since the epoch).
     InFlight {
         command_id: String,
+        /// Re-armed whenever the attempt is re-sent, as after a takeover.
+        #[serde(default)]
+        timeout_at: i64,
     },
     /// The last attempt failed retryably; the next is sent at `retry_at` (ms since the epoch).
     Waiting {
@@ -85,19 +101,19 @@ impl OperationState {
 /// What the caller must do for the job.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
-    /// Send attempt `attempt` of operation `operation` under `command_id`, and arm its timeout.
+    /// Send attempt `attempt` of operation `operation` under `command_id`.
     Send {
         operation: usize,
         attempt: u32,
         command_id: String,
     },
-    /// Disarm the timeout of `command_id`: it was answered or is abandoned.
-    Cancel { command_id: String },
+    /// Attempt `attempt` of operation `operation` went unanswered: count it.
+    TimedOut { operation: usize, attempt: u32 },
     /// Every operation is settled: answer the hub with [`JobState::completed`].
     Complete,
 }
 
-/// How an answer (reply or timeout) for a job was taken.
+/// How a switch reply for a job was taken.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Answer {
     /// It belongs to the attempt in flight and moved the job on.
@@ -123,12 +139,18 @@ pub struct JobState {
 impl JobState {
     /// Takes a new job: sends the first attempt of every operation, or completes
     /// at once if there is nothing to do or the deadline has already passed.
-    pub fn start(job: SpeakerJob, correlation_id: &str, now: i64) -> (Self, Vec<Effect>) {
+    pub fn start(
+        job: SpeakerJob,
+        correlation_id: &str,
+        policy: &RetryPolicy,
+        now: i64,
+    ) -> (Self, Vec<Effect>) {
         let operations = (0..job.operations.len())
             .map(|operation| OperationState {
                 attempt: 1,
                 phase: Phase::InFlight {
                     command_id: command_id(&job.job_id, operation, 1),
+                    timeout_at: 0,
                 },
                 last_code: None,
             })
@@ -145,27 +167,32 @@ impl JobState {
             let effects = state.expire(now);
             return (state, effects);
         }
-        let effects = state.resend_in_flight();
+        let effects = state.resend_in_flight(policy, now);
         let effects = state.finish(effects, now);
         (state, effects)
     }
 
-    /// Sends again every attempt in flight, e.g. after a takeover when it is
-    /// unknown whether they left before the crash. Commands are idempotent
-    /// and keep their ids, so a duplicate is harmless.
-    pub fn resend_in_flight(&self) -> Vec<Effect> {
-        self.operations
-            .iter()
-            .enumerate()
-            .filter_map(|(operation, state)| match &state.phase {
-                Phase::InFlight { command_id } => Some(Effect::Send {
+    /// Sends again every attempt in flight and re-arms its timeout, e.g.
+    /// after a takeover when it is unknown whether they left before the
+    /// crash. Commands are idempotent and keep their ids, so a duplicate is
+    /// harmless.
+    pub fn resend_in_flight(&mut self, policy: &RetryPolicy, now: i64) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        for (operation, state) in self.operations.iter_mut().enumerate() {
+            if let Phase::InFlight {
+                command_id,
+                timeout_at,
+            } = &mut state.phase
+            {
+                *timeout_at = policy.timeout_at(now);
+                effects.push(Effect::Send {
                     operation,
                     attempt: state.attempt,
                     command_id: command_id.clone(),
-                }),
-                _ => None,
-            })
-            .collect()
+                });
+            }
+        }
+        effects
     }
 
     pub fn operation(&self, index: usize) -> &SwitchOperation {
@@ -187,9 +214,6 @@ impl JobState {
         let Some(index) = self.in_flight(command_id) else {
             return Answer::Stale;
         };
-        let cancel = Effect::Cancel {
-            command_id: command_id.to_owned(),
-        };
         let op = &mut self.operations[index];
         match result {
             SwitchResult::Ok { .. } => op.phase = Phase::Done,
@@ -205,32 +229,12 @@ impl JobState {
                 };
             }
         }
-        Answer::Applied(self.finish(vec![cancel], now))
-    }
-
-    /// The coordinator's timeout for attempt `attempt` of operation `index`.
-    pub fn on_timeout(
-        &mut self,
-        index: usize,
-        attempt: u32,
-        policy: &RetryPolicy,
-        now: i64,
-    ) -> Answer {
-        let Some(op) = self.operations.get_mut(index) else {
-            return Answer::Stale;
-        };
-        if op.attempt != attempt || !matches!(op.phase, Phase::InFlight { .. }) {
-            return Answer::Stale;
-        }
-        op.last_code = None;
-        op.phase = retry_or_fail(op, policy, now, || {
-            format!("no reply after {attempt} attempt(s)")
-        });
         Answer::Applied(self.finish(Vec::new(), now))
     }
 
-    /// Sends the retries that are due and enforces the job deadline.
-    pub fn on_tick(&mut self, now: i64) -> Vec<Effect> {
+    /// Enforces the job deadline, times out the attempts unanswered past
+    /// their timeout, and sends the retries that are due.
+    pub fn on_tick(&mut self, policy: &RetryPolicy, now: i64) -> Vec<Effect> {
         if self.is_completed() {
             return Vec::new();
         }
@@ -239,11 +243,20 @@ impl JobState {
         }
         let mut effects = Vec::new();
         for (operation, op) in self.operations.iter_mut().enumerate() {
+            if matches!(op.phase, Phase::InFlight { timeout_at, .. } if timeout_at <= now) {
+                let attempt = op.attempt;
+                op.last_code = None;
+                op.phase = retry_or_fail(op, policy, now, || {
+                    format!("no reply after {attempt} attempt(s)")
+                });
+                effects.push(Effect::TimedOut { operation, attempt });
+            }
             if matches!(op.phase, Phase::Waiting { retry_at } if retry_at <= now) {
                 op.attempt += 1;
                 let command_id = command_id(&self.job.job_id, operation, op.attempt);
                 op.phase = Phase::InFlight {
                     command_id: command_id.clone(),
+                    timeout_at: policy.timeout_at(now),
                 };
                 effects.push(Effect::Send {
                     operation,
@@ -252,7 +265,7 @@ impl JobState {
                 });
             }
         }
-        effects
+        self.finish(effects, now)
     }
 
     /// When [`JobState::on_tick`] next has something to do (ms since the epoch).
@@ -264,6 +277,7 @@ impl JobState {
             .iter()
             .filter_map(|op| match op.phase {
                 Phase::Waiting { retry_at } => Some(retry_at),
+                Phase::InFlight { timeout_at, .. } => Some(timeout_at),
                 _ => None,
             })
             .chain([self.job.deadline])
@@ -272,19 +286,13 @@ impl JobState {
 
     /// Fails whatever is unsettled because the job's deadline passed.
     fn expire(&mut self, now: i64) -> Vec<Effect> {
-        let mut effects = Vec::new();
         for op in self.operations.iter_mut().filter(|op| !op.is_settled()) {
-            if let Phase::InFlight { command_id } = &op.phase {
-                effects.push(Effect::Cancel {
-                    command_id: command_id.clone(),
-                });
-            }
             op.phase = Phase::Failed {
                 code: op.last_code,
                 message: format!("job deadline passed after {} attempt(s)", op.attempt),
             };
         }
-        self.finish(effects, now)
+        self.finish(Vec::new(), now)
     }
 
     fn finish(&mut self, mut effects: Vec<Effect>, now: i64) -> Vec<Effect> {
@@ -298,7 +306,7 @@ impl JobState {
 
     fn in_flight(&self, command_id: &str) -> Option<usize> {
         self.operations.iter().position(
-            |op| matches!(&op.phase, Phase::InFlight { command_id: id } if id == command_id),
+            |op| matches!(&op.phase, Phase::InFlight { command_id: id, .. } if id == command_id),
         )
     }
 
@@ -359,6 +367,7 @@ mod tests {
         max_attempts: 3,
         initial_backoff: Duration::from_millis(100),
         max_backoff: Duration::from_millis(300),
+        command_timeout: Duration::from_millis(500),
     };
 
     fn job(operations: usize, deadline: i64) -> SpeakerJob {
@@ -402,10 +411,11 @@ mod tests {
 
     #[test]
     fn every_operation_answered_completes_the_job() {
-        let (mut state, effects) = JobState::start(job(2, 10_000), "c", 0);
+        let (mut state, effects) = JobState::start(job(2, 10_000), "c", &POLICY, 0);
         assert_eq!(effects.len(), 2);
-        assert!(
-            matches!(state.on_reply(&cmd(0, 1), &ok(), &POLICY, 1), Answer::Applied(e) if e.len() == 1)
+        assert_eq!(
+            state.on_reply(&cmd(0, 1), &ok(), &POLICY, 1),
+            Answer::Applied(Vec::new())
         );
         let Answer::Applied(effects) = state.on_reply(&cmd(1, 1), &ok(), &POLICY, 2) else {
             panic!("applied");
@@ -418,30 +428,25 @@ mod tests {
 
     #[test]
     fn empty_job_completes_at_once() {
-        let (state, effects) = JobState::start(job(0, 10_000), "c", 0);
+        let (state, effects) = JobState::start(job(0, 10_000), "c", &POLICY, 0);
         assert_eq!(effects, vec![Effect::Complete]);
         assert!(state.completed.unwrap().results.is_empty());
     }
 
     #[test]
     fn retryable_error_is_retried_with_a_fresh_command_id_and_old_replies_are_stale() {
-        let (mut state, _) = JobState::start(job(1, 10_000), "c", 0);
+        let (mut state, _) = JobState::start(job(1, 10_000), "c", &POLICY, 0);
         let applied = state.on_reply(
             &cmd(0, 1),
             &error(SwitchErrorCode::SwitchUnavailable),
             &POLICY,
             10,
         );
-        assert_eq!(
-            applied,
-            Answer::Applied(vec![Effect::Cancel {
-                command_id: cmd(0, 1)
-            }])
-        );
+        assert_eq!(applied, Answer::Applied(Vec::new()));
         assert_eq!(state.next_tick(), Some(110));
-        assert!(state.on_tick(109).is_empty());
+        assert!(state.on_tick(&POLICY, 109).is_empty());
         assert_eq!(
-            state.on_tick(110),
+            state.on_tick(&POLICY, 110),
             vec![Effect::Send {
                 operation: 0,
                 attempt: 2,
@@ -453,7 +458,6 @@ mod tests {
             state.on_reply(&cmd(0, 1), &ok(), &POLICY, 120),
             Answer::Stale
         );
-        assert_eq!(state.on_timeout(0, 1, &POLICY, 120), Answer::Stale);
         assert!(matches!(
             state.on_reply(&cmd(0, 2), &ok(), &POLICY, 130),
             Answer::Applied(_)
@@ -465,7 +469,7 @@ mod tests {
 
     #[test]
     fn non_retryable_error_fails_at_once() {
-        let (mut state, _) = JobState::start(job(1, 10_000), "c", 0);
+        let (mut state, _) = JobState::start(job(1, 10_000), "c", &POLICY, 0);
         state.on_reply(&cmd(0, 1), &error(SwitchErrorCode::BadOutPort), &POLICY, 1);
         let result = state.completed.unwrap();
         assert_eq!(
@@ -479,21 +483,43 @@ mod tests {
     }
 
     #[test]
-    fn timeouts_retry_until_attempts_run_out() {
-        let (mut state, _) = JobState::start(job(1, 100_000), "c", 0);
-        let mut now = 0;
+    fn unanswered_attempts_time_out_and_retry_until_attempts_run_out() {
+        let (mut state, _) = JobState::start(job(1, 100_000), "c", &POLICY, 0);
+        assert_eq!(state.next_tick(), Some(500));
+        assert!(
+            state.on_tick(&POLICY, 499).is_empty(),
+            "not before its timeout"
+        );
         for attempt in 1..POLICY.max_attempts {
-            assert!(
-                matches!(state.on_timeout(0, attempt, &POLICY, now), Answer::Applied(e) if e.is_empty())
+            let now = state.next_tick().unwrap();
+            assert_eq!(
+                state.on_tick(&POLICY, now),
+                vec![Effect::TimedOut {
+                    operation: 0,
+                    attempt
+                }]
             );
-            now = state.next_tick().unwrap();
-            assert_eq!(state.on_tick(now).len(), 1);
+            let now = state.next_tick().unwrap();
+            assert_eq!(
+                state.on_tick(&POLICY, now),
+                vec![Effect::Send {
+                    operation: 0,
+                    attempt: attempt + 1,
+                    command_id: cmd(0, attempt + 1)
+                }]
+            );
         }
-        let Answer::Applied(effects) = state.on_timeout(0, POLICY.max_attempts, &POLICY, now)
-        else {
-            panic!("applied");
-        };
-        assert_eq!(effects, vec![Effect::Complete]);
+        let now = state.next_tick().unwrap();
+        assert_eq!(
+            state.on_tick(&POLICY, now),
+            vec![
+                Effect::TimedOut {
+                    operation: 0,
+                    attempt: POLICY.max_attempts
+                },
+                Effect::Complete
+            ]
+        );
         let result = state.completed.unwrap();
         assert!(matches!(
             &result.results[0].outcome,
@@ -503,44 +529,52 @@ mod tests {
     }
 
     #[test]
-    fn deadline_fails_what_is_unsettled_and_cancels_its_timeouts() {
-        let (mut state, _) = JobState::start(job(2, 1_000), "c", 0);
+    fn a_reply_in_time_disarms_the_timeout() {
+        let (mut state, _) = JobState::start(job(1, 100_000), "c", &POLICY, 0);
+        state.on_reply(&cmd(0, 1), &ok(), &POLICY, 10);
+        assert_eq!(state.next_tick(), None);
+        assert!(state.on_tick(&POLICY, 600).is_empty());
+        assert!(state.completed.unwrap().all_done());
+    }
+
+    #[test]
+    fn deadline_fails_what_is_unsettled() {
+        let (mut state, _) = JobState::start(job(2, 400), "c", &POLICY, 0);
         state.on_reply(&cmd(0, 1), &ok(), &POLICY, 5);
-        assert_eq!(state.next_tick(), Some(1_000));
-        let effects = state.on_tick(1_000);
-        assert_eq!(
-            effects,
-            vec![
-                Effect::Cancel {
-                    command_id: cmd(1, 1)
-                },
-                Effect::Complete
-            ]
-        );
+        assert_eq!(state.next_tick(), Some(400));
+        assert_eq!(state.on_tick(&POLICY, 400), vec![Effect::Complete]);
         let result = state.completed.as_ref().unwrap();
         assert_eq!(result.results[0].outcome, OperationOutcome::Done);
         assert!(matches!(
             result.results[1].outcome,
             OperationOutcome::Failed { .. }
         ));
-        assert!(state.on_tick(2_000).is_empty());
+        assert!(state.on_tick(&POLICY, 2_000).is_empty());
         assert_eq!(state.next_tick(), None);
     }
 
     #[test]
     fn state_survives_serialization() {
-        let (mut state, _) = JobState::start(job(2, 10_000), "c", 0);
+        let (mut state, _) = JobState::start(job(2, 10_000), "c", &POLICY, 0);
         state.on_reply(&cmd(0, 1), &error(SwitchErrorCode::Unknown), &POLICY, 1);
-        let restored: JobState =
+        let mut restored: JobState =
             serde_json::from_value(serde_json::to_value(&state).unwrap()).unwrap();
         assert_eq!(restored, state);
         assert_eq!(
-            restored.resend_in_flight(),
+            restored.resend_in_flight(&POLICY, 50),
             vec![Effect::Send {
                 operation: 1,
                 attempt: 1,
                 command_id: cmd(1, 1)
             }]
+        );
+        // The re-sent attempt gets a full timeout from the takeover on.
+        assert_eq!(
+            restored.operations[1].phase,
+            Phase::InFlight {
+                command_id: cmd(1, 1),
+                timeout_at: 550
+            }
         );
     }
 }

@@ -84,8 +84,8 @@ impl SpeakerConfig {
                 max_attempts: self.max_attempts.max(1),
                 initial_backoff: Duration::from_millis(self.initial_backoff_ms),
                 max_backoff: Duration::from_millis(self.max_backoff_ms),
+                command_timeout: Duration::from_millis(self.command_timeout_ms),
             },
-            command_timeout: Duration::from_millis(self.command_timeout_ms),
             completed_retention: Duration::from_millis(self.completed_retention_ms),
         }
     }

@@ -1,14 +1,24 @@
 //! The speaker worker's consumer: runs [`JobState`] machines for the jobs of
 //! its `wfm.speaker-worker` partitions and performs their effects as switch
-//! commands, coordinator registers and cancels, and job results.
+//! commands and job results. A job's timers (reply timeouts, backoffs, its
+//! deadline) are its own and fire from [`Handler::on_wakeup`].
 //!
-//! Crash safety: every change of a job is written to the compacted
-//! `wfm.speaker-worker.state` changelog (same partition as the job) before
-//! the effects it caused, and all are acknowledged before the input offset is
-//! committed. Whoever owns the partition next restores the jobs, re-sends
-//! every attempt in flight under its id (switch commands are idempotent, a
-//! register replaces the old one) and re-arms backoffs and deadlines, so a
-//! job resumes rather than waiting for the hub's timeout.
+//! Crash safety: a job is written to the compacted `wfm.speaker-worker.state`
+//! changelog (same partition as the job) when it is taken and when it
+//! completes, before the effects that follow, and all are acknowledged before
+//! the input offset is committed. Whoever owns the partition next restores
+//! the jobs, re-sends every attempt the changelog has in flight under its id
+//! and re-arms its timeout, so a job resumes rather than waiting for the
+//! hub's timeout. Progress in between is not written: switch commands are
+//! idempotent, so re-sending an attempt that was answered before the crash
+//! only brings its answer again, and a reply answering an attempt the
+//! restored job no longer has in flight is stale and ignored.
+//!
+//! Why the job keeps its own timers rather than a coordinator callback per
+//! command: the job is durable here already, and a callback per command cost
+//! a register and a cancel record (and the coordinator's work on both) for
+//! every switch command. The hub still holds a coordinator callback for each
+//! job, so a silent worker is caught.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
@@ -16,7 +26,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, info_span, warn};
-use wfm_coordinator::{CoordinatorClient, Fire};
 use wfm_protocol::speaker::{OperationOutcome, SpeakerMessage, SpeakerReply, SwitchAction};
 use wfm_protocol::switch::{CommandHeader, SwitchCommand};
 use wfm_protocol::{ids, now_ms, Envelope, Topic, Topics};
@@ -34,19 +43,10 @@ pub enum SpeakerState {
     Job(Box<JobState>),
 }
 
-/// What the coordinator hands back with a command's timeout.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct TimeoutContext {
-    job_id: String,
-    operation: usize,
-    attempt: u32,
-}
-
 /// Settings of the handler that are not Kafka's.
 #[derive(Debug, Clone, Copy)]
 pub struct SpeakerSettings {
     pub policy: RetryPolicy,
-    pub command_timeout: Duration,
     /// How long a completed job is kept to answer a duplicate delivery with its result.
     pub completed_retention: Duration,
 }
@@ -59,7 +59,6 @@ struct Tracked {
 pub struct SpeakerHandler {
     settings: SpeakerSettings,
     stats: SpeakerStats,
-    coordinator: CoordinatorClient,
     topics: Topics,
     jobs: HashMap<String, Tracked>,
     /// `(due ms, job id)` of every job's next tick or expiry.
@@ -71,7 +70,6 @@ impl SpeakerHandler {
         Self {
             settings,
             stats,
-            coordinator: CoordinatorClient::new(topics.clone(), SOURCE),
             topics,
             jobs: HashMap::new(),
             timers: BTreeSet::new(),
@@ -86,36 +84,38 @@ impl SpeakerHandler {
         }
     }
 
-    /// Stores the job and produces its changelog record followed by the records of `effects`.
+    /// Stores the job and produces the records of `effects`, preceded by the
+    /// job's changelog record when the job has just been `taken` or completes.
     fn commit(
         &mut self,
         state: JobState,
         partition: i32,
         effects: Vec<Effect>,
+        taken: bool,
     ) -> Result<Vec<Outgoing>, WfmError> {
         let job_id = state.job.job_id.clone();
-        if let Some(previous) = self.jobs.get(&job_id).and_then(|t| self.due(&t.state)) {
-            self.timers.remove(&(previous, job_id.clone()));
+        let durable = taken || effects.contains(&Effect::Complete);
+        if let Some(due) = self.jobs.get(&job_id).and_then(|t| self.due(&t.state)) {
+            self.timers.remove(&(due, job_id.clone()));
         }
         if let Some(due) = self.due(&state) {
             self.timers.insert((due, job_id.clone()));
         }
-        let record = SpeakerState::Job(Box::new(state));
-        let envelope = Envelope::new(&record, SOURCE, "")?;
-        let SpeakerState::Job(state) = record;
-        let mut outputs =
-            vec![
+        let mut outputs = Vec::new();
+        let state = if durable {
+            let record = SpeakerState::Job(Box::new(state));
+            let envelope = Envelope::new(&record, SOURCE, "")?;
+            outputs.push(
                 Outgoing::envelope(self.topics.name(Topic::SpeakerState), &job_id, &envelope)
                     .to_partition(partition),
-            ];
+            );
+            let SpeakerState::Job(state) = record;
+            *state
+        } else {
+            state
+        };
         outputs.extend(self.perform(&state, effects)?);
-        self.jobs.insert(
-            job_id,
-            Tracked {
-                state: *state,
-                partition,
-            },
-        );
+        self.jobs.insert(job_id, Tracked { state, partition });
         Ok(outputs)
     }
 
@@ -161,29 +161,12 @@ impl SpeakerHandler {
                         &op.switch_id,
                         &envelope,
                     ));
-                    let context = TimeoutContext {
-                        job_id: job.job_id.clone(),
-                        operation,
-                        attempt,
-                    };
-                    outputs.push(
-                        self.coordinator
-                            .register(
-                                &callback_key(&command_id),
-                                Fire::After(self.settings.command_timeout),
-                                Topic::SpeakerWorker,
-                                &job.job_id,
-                                &context,
-                                correlation_id,
-                            )
-                            .map_err(|e| WfmError::RequestFailed(e.to_string()))?,
-                    );
                 }
-                Effect::Cancel { command_id } => outputs.push(
-                    self.coordinator
-                        .cancel(&callback_key(&command_id), correlation_id)
-                        .map_err(|e| WfmError::RequestFailed(e.to_string()))?,
-                ),
+                Effect::TimedOut { operation, attempt } => {
+                    self.stats.command_timed_out();
+                    let switch_id = &state.operation(operation).switch_id;
+                    info!(operation, attempt, %switch_id, "command timed out");
+                }
                 Effect::Complete => {
                     let failed = state.completed.as_ref().map_or(0, |c| {
                         c.results
@@ -241,7 +224,7 @@ impl SpeakerHandler {
                 if let Some(due) = previous_due {
                     self.timers.remove(&(due, job_id.to_owned()));
                 }
-                self.commit(tracked.state, tracked.partition, effects)
+                self.commit(tracked.state, tracked.partition, effects, false)
                     .map(Some)
             }
         }
@@ -270,14 +253,14 @@ impl SpeakerHandler {
             };
         }
         self.stats.job_started();
-        let (state, effects) =
-            JobState::start(job.clone(), &delivery.envelope.correlation_id, now_ms());
-        self.commit(state, delivery.partition, effects)
+        let (state, effects) = JobState::start(
+            job.clone(),
+            &delivery.envelope.correlation_id,
+            &self.settings.policy,
+            now_ms(),
+        );
+        self.commit(state, delivery.partition, effects, true)
     }
-}
-
-fn callback_key(command_id: &str) -> String {
-    format!("speaker/{command_id}")
 }
 
 fn millis(duration: Duration) -> i64 {
@@ -301,7 +284,7 @@ impl Handler for SpeakerHandler {
                     .await?;
             let mut resumed = 0;
             for (job_id, value) in records {
-                let state = match Envelope::decode(&value, usize::MAX)
+                let mut state = match Envelope::decode(&value, usize::MAX)
                     .and_then(|e| e.open::<SpeakerState>())
                 {
                     Ok(SpeakerState::Job(state)) => *state,
@@ -310,10 +293,11 @@ impl Handler for SpeakerHandler {
                         continue;
                     }
                 };
-                let effects = state.resend_in_flight();
+                let effects = state.resend_in_flight(&self.settings.policy, now_ms());
                 resumed += usize::from(!state.is_completed());
                 let _span = info_span!("job", %job_id, flow_id = %state.job.flow_id).entered();
-                outputs.extend(self.commit(state, *partition, effects)?);
+                // Restored from the changelog: already durable as it is.
+                outputs.extend(self.commit(state, *partition, effects, false)?);
             }
             info!(partition, resumed, "speaker jobs restored");
         }
@@ -353,26 +337,6 @@ impl Handler for SpeakerHandler {
                     Vec::new()
                 }))
             }
-            SpeakerMessage::CallbackTimeout(timeout) => {
-                let context: TimeoutContext = serde_json::from_value(timeout.context.clone())
-                    .map_err(|e| WfmError::Rejected(format!("timeout context: {e}")))?;
-                let _span = info_span!("job", job_id = %context.job_id, operation = context.operation, attempt = context.attempt).entered();
-                let now = now_ms();
-                let outputs = self.answer(&context.job_id, |state| {
-                    state.on_timeout(context.operation, context.attempt, &policy, now)
-                })?;
-                Ok(match outputs {
-                    Some(outputs) => {
-                        self.stats.command_timed_out();
-                        info!("command timed out");
-                        outputs
-                    }
-                    None => {
-                        self.stats.stale_timeout();
-                        Vec::new()
-                    }
-                })
-            }
         }
     }
 
@@ -403,8 +367,8 @@ impl Handler for SpeakerHandler {
                 continue;
             }
             let mut state = tracked.state;
-            let effects = state.on_tick(now);
-            outputs.extend(self.commit(state, tracked.partition, effects)?);
+            let effects = state.on_tick(&self.settings.policy, now);
+            outputs.extend(self.commit(state, tracked.partition, effects, false)?);
         }
         Ok(outputs)
     }
