@@ -22,6 +22,9 @@ const ANSWER: Duration = Duration::from_secs(60);
 const CYCLES: u64 = 8;
 /// Pause between a cycle's answer and its next request.
 const PACE: Duration = Duration::from_millis(100);
+/// Cycles that go through the northbound's REST API instead, on flows of
+/// their own ([`spec`] numbers them after the Kafka cycles').
+const REST_CYCLES: u64 = 2;
 
 /// The requests of one load run.
 #[derive(Debug, Default)]
@@ -47,6 +50,21 @@ impl Load {
             cycles.spawn(cycle(client.clone(), spec(n), stop.clone()));
         }
         Self { stop, cycles }
+    }
+
+    /// Adds [`REST_CYCLES`] cycles through the northbound at `url`.
+    fn through_the_api(&mut self, url: &str) {
+        let api = Arc::new(RestClient {
+            url: url.to_owned(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("HTTP client"),
+        });
+        for n in CYCLES..CYCLES + REST_CYCLES {
+            self.cycles
+                .spawn(rest_cycle(api.clone(), spec(n), self.stop.clone()));
+        }
     }
 
     /// Stops sending and waits for every request sent to be answered.
@@ -97,6 +115,15 @@ async fn cycle(client: Arc<HubClient>, spec: FlowSpec, stop: Arc<AtomicBool>) ->
 }
 
 impl Ledger {
+    fn count(&mut self, answered: bool, succeeded: bool, request: String) {
+        if answered {
+            self.answered += 1;
+            self.succeeded += usize::from(succeeded);
+        } else {
+            self.unanswered.push(request);
+        }
+    }
+
     async fn record(&mut self, client: &HubClient, request_id: String) {
         match client.outcome(&request_id, ANSWER).await {
             Some(reply) => {
@@ -114,6 +141,132 @@ impl Ledger {
             None => self.unanswered.push(request_id),
         }
     }
+}
+
+/// An operator's client of the REST API. The northbound may be down at any
+/// moment, so a call that gets no HTTP answer is sent again; an answer that
+/// leaves the outcome open (408: the hub did not answer in time) is settled
+/// by reading the flow until it is in a final state.
+struct RestClient {
+    url: String,
+    http: reqwest::Client,
+}
+
+/// What a flow read through the API shows.
+#[derive(Debug, Clone, PartialEq)]
+enum Seen {
+    Absent,
+    Status(String),
+}
+
+impl RestClient {
+    /// Sends until an HTTP answer comes back or `deadline` passes.
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&FlowSpec>,
+        deadline: Instant,
+    ) -> Option<u16> {
+        while Instant::now() < deadline {
+            let mut request = self
+                .http
+                .request(method.clone(), format!("{}{path}", self.url));
+            if let Some(spec) = body {
+                request = request.json(spec);
+            }
+            match request.send().await {
+                Ok(response) if response.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE => {}
+                Ok(response) => return Some(response.status().as_u16()),
+                Err(_) => {}
+            }
+            tokio::time::sleep(PACE).await;
+        }
+        None
+    }
+
+    async fn seen(&self, flow_id: &str) -> Option<Seen> {
+        let response = self
+            .http
+            .get(format!("{}/v2/flows/{flow_id}", self.url))
+            .send()
+            .await
+            .ok()?;
+        match response.status().as_u16() {
+            404 => Some(Seen::Absent),
+            200 => {
+                let body: serde_json::Value = response.json().await.ok()?;
+                Some(Seen::Status(body["status"].as_str()?.to_owned()))
+            }
+            _ => None,
+        }
+    }
+
+    /// Reads the flow until `done` holds for what the API shows, or `deadline` passes.
+    async fn until(&self, flow_id: &str, deadline: Instant, done: impl Fn(&Seen) -> bool) -> bool {
+        while Instant::now() < deadline {
+            if self.seen(flow_id).await.is_some_and(|seen| done(&seen)) {
+                return true;
+            }
+            tokio::time::sleep(PACE).await;
+        }
+        false
+    }
+}
+
+fn is_final(seen: &Seen) -> bool {
+    match seen {
+        Seen::Absent => true,
+        Seen::Status(status) => status != "IN_PROGRESS",
+    }
+}
+
+/// [`cycle`] through the REST API. A request counts as answered once the
+/// API shows its flow in a final state: `UP`, `DOWN` or `FAILED` (or gone)
+/// after a create, gone or `FAILED` after a delete.
+async fn rest_cycle(api: Arc<RestClient>, spec: FlowSpec, stop: Arc<AtomicBool>) -> Ledger {
+    let mut ledger = Ledger::default();
+    let flow_id = spec.flow_id.clone();
+    let path = format!("/v2/flows/{flow_id}");
+    while !stop.load(Ordering::Relaxed) {
+        let deadline = Instant::now() + ANSWER;
+        let created = api
+            .call(reqwest::Method::POST, "/v2/flows", Some(&spec), deadline)
+            .await;
+        // 409: a create the client never heard back from went through after all.
+        let settled = created.is_some() && api.until(&flow_id, deadline, is_final).await;
+        ledger.count(
+            settled,
+            created == Some(200),
+            format!("create {flow_id} ({created:?})"),
+        );
+        tokio::time::sleep(PACE).await;
+        let deadline = Instant::now() + ANSWER;
+        let deleted = loop {
+            let status = api
+                .call(reqwest::Method::DELETE, &path, None, deadline)
+                .await;
+            // 409: the flow is still busy with an earlier request.
+            if status != Some(409) || Instant::now() >= deadline {
+                break status;
+            }
+            tokio::time::sleep(PACE).await;
+        };
+        let settled = deleted.is_some()
+            && api
+                .until(&flow_id, deadline, |seen| match seen {
+                    Seen::Absent => true,
+                    Seen::Status(status) => status == "FAILED",
+                })
+                .await;
+        ledger.count(
+            settled,
+            deleted == Some(200),
+            format!("delete {flow_id} ({deleted:?})"),
+        );
+        tokio::time::sleep(PACE).await;
+    }
+    ledger
 }
 
 /// Runs the checker until it finds nothing (the last answers' effects may
@@ -177,9 +330,18 @@ async fn assert_nothing_lost(system: &System, load: Load) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_each_component_under_load_loses_no_request() {
     let mut system = System::start().await;
-    let load = Load::start(&system).await;
+    system.start_component("northbound").await;
+    let mut load = Load::start(&system).await;
+    load.through_the_api(&system.northbound_url);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    for component in ["hub", "worker", "coordinator", "simulator"] {
+    for component in [
+        "hub",
+        "speaker",
+        "resources",
+        "coordinator",
+        "northbound",
+        "simulator",
+    ] {
         system.kill(component).await;
         tokio::time::sleep(Duration::from_millis(700)).await;
         system.start_component(component).await;
@@ -216,9 +378,10 @@ async fn switch_errors_silence_and_disconnects_under_load_leave_nothing_behind()
 /// the other must take over its partitions and its in-flight requests.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_instance_takes_over_the_partitions_of_a_killed_one() {
-    const SCALED: [(&str, &str); 3] = [
+    const SCALED: [(&str, &str); 4] = [
         ("hub-2", "hub"),
-        ("worker-2", "worker"),
+        ("resources-2", "resources"),
+        ("speaker-2", "speaker"),
         ("coordinator-2", "coordinator"),
     ];
     let mut system = System::start().await;

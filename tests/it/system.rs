@@ -36,7 +36,9 @@ max_backoff_ms = 200
 command_timeout_ms = 1000
 "#;
 
-pub const COMPONENTS: [&str; 4] = ["coordinator", "simulator", "worker", "hub"];
+/// The resource manager and the speaker worker run as processes of their
+/// own (`wfm worker --role …`), so that either can be killed alone.
+pub const COMPONENTS: [&str; 5] = ["coordinator", "simulator", "resources", "speaker", "hub"];
 
 /// Fields drop in order: the client and components go before the broker they talk to.
 pub struct System {
@@ -44,8 +46,11 @@ pub struct System {
     processes: HashMap<&'static str, WfmProcess>,
     pub broker: TestBroker,
     pub simulator_url: String,
+    /// Where `wfm northbound` listens once started (it is not in [`COMPONENTS`]).
+    pub northbound_url: String,
     config_path: std::path::PathBuf,
     simulator_addr: String,
+    northbound_addr: String,
 }
 
 impl System {
@@ -55,12 +60,15 @@ impl System {
             std::env::temp_dir().join(format!("wfm-test-{}.toml", rand::random::<u64>()));
         std::fs::write(&config_path, TEST_CONFIG).expect("test config written");
         let simulator_addr = format!("127.0.0.1:{}", free_port());
+        let northbound_addr = format!("127.0.0.1:{}", free_port());
         let client = HubClient::start(&broker.kafka).await;
         let mut system = Self {
             simulator_url: format!("http://{simulator_addr}"),
+            northbound_url: format!("http://{northbound_addr}"),
             broker,
             config_path,
             simulator_addr,
+            northbound_addr,
             processes: HashMap::new(),
             client,
         };
@@ -77,9 +85,15 @@ impl System {
     /// Starts another instance of `component`, known to [`System::kill`] as `name`.
     pub async fn start_instance(&mut self, name: &'static str, component: &'static str) {
         let config = self.config_path.to_str().expect("utf-8 path").to_owned();
-        let mut args = vec![component.to_owned(), "--config".into(), config];
-        if component == "simulator" {
-            args.extend(["--simulator-addr".into(), self.simulator_addr.clone()]);
+        let mut args: Vec<String> = match component {
+            "resources" | "speaker" => vec!["worker".into(), "--role".into(), component.into()],
+            _ => vec![component.into()],
+        };
+        args.extend(["--config".into(), config]);
+        match component {
+            "simulator" => args.extend(["--simulator-addr".into(), self.simulator_addr.clone()]),
+            "northbound" => args.extend(["--http-addr".into(), self.northbound_addr.clone()]),
+            _ => {}
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let process = WfmProcess::spawn(&args, Some(&self.broker.kafka)).await;
