@@ -60,12 +60,10 @@ impl KafkaConfig {
         }
     }
 
-    /// Settings for a broker that answers fetches only after `fetch.wait.max.ms`
-    /// (tansu does, even when data is waiting): a short wait keeps each hop short.
+    /// Settings for the embedded broker. (Its fetches answer as soon as
+    /// records arrive, so librdkafka's default `fetch.wait.max.ms` only
+    /// bounds how often an idle consumer asks again.)
     pub fn tune_for_embedded_broker(&mut self) {
-        self.consumer
-            .entry("fetch.wait.max.ms".into())
-            .or_insert_with(|| "5".into());
         // A member that died is only replaced once its session expires:
         // 6 s is the lowest a stock Kafka broker accepts, tansu takes less.
         self.consumer

@@ -18,7 +18,7 @@ use crate::{
     CancelKind, Error, Result,
     coordinator::group::{Coordinator, administrator::Controller},
     otel,
-    service::services,
+    service::{fetch_wait::Produced, services},
 };
 use console::Term;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
@@ -62,6 +62,8 @@ pub struct Broker<G, S> {
     tls_server_config: Option<Arc<ServerConfig>>,
     silent: bool,
     maintenance_interval: Option<Duration>,
+    // wfm patch: ticks on every produce, so waiting fetches answer at once.
+    produced: Produced,
 
     cancellation: CancellationToken,
 }
@@ -96,6 +98,7 @@ where
             silent: false,
 
             maintenance_interval: None,
+            produced: Produced::default(),
 
             cancellation: CancellationToken::new(),
         }
@@ -308,7 +311,8 @@ where
                         self.cluster_id.as_str(),
                         self.groups.clone(),
                         self.storage.clone(),
-                        self.sasl_config.clone()
+                        self.sasl_config.clone(),
+                        self.produced.clone(),
                     )?;
 
                     let handle = set.spawn(async move {
@@ -642,6 +646,7 @@ impl Builder<i32, String, Uuid, Url, Url, Url> {
 
             silent: self.silent,
             maintenance_interval: self.maintenance_interval,
+            produced: Produced::default(),
             cancellation: self.cancellation,
         })
     }

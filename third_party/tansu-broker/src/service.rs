@@ -27,6 +27,7 @@ use crate::{Error, Result, coordinator::group::Coordinator};
 
 pub mod auth;
 pub mod coordinator;
+pub mod fetch_wait;
 pub mod storage;
 
 type TcpRouteFrame =
@@ -37,12 +38,13 @@ pub fn services<C, S>(
     coordinator: C,
     storage: S,
     sasl_config: Option<Arc<SASLConfig>>,
+    produced: fetch_wait::Produced,
 ) -> Result<TcpRouteFrame, Error>
 where
     S: Storage,
     C: Coordinator,
 {
-    storage::services(FrameRouteService::<(), Error>::builder(), storage)
+    storage::services(FrameRouteService::<(), Error>::builder(), storage, produced)
         .inspect(|builder| debug!(?builder))
         .and_then(|builder| {
             coordinator::services(builder, coordinator).inspect(|builder| debug!(?builder))

@@ -31,18 +31,20 @@ use tansu_storage::{
     AlterUserScramCredentialsService, ConsumerGroupDescribeService, CreateAclsService,
     CreateTopicsService, DeleteGroupsService, DeleteRecordsService, DeleteTopicsService,
     DescribeAclsService, DescribeClusterService, DescribeConfigsService, DescribeGroupsService,
-    DescribeTopicPartitionsService, DescribeUserScramCredentialsService, FetchService,
+    DescribeTopicPartitionsService, DescribeUserScramCredentialsService,
     FindCoordinatorService, GetTelemetrySubscriptionsService, IncrementalAlterConfigsService,
     InitProducerIdService, ListGroupsService, ListOffsetsService,
-    ListPartitionReassignmentsService, MetadataService, ProduceService, Storage,
+    ListPartitionReassignmentsService, MetadataService, Storage,
     TxnAddOffsetsService, TxnAddPartitionService, TxnOffsetCommitService,
 };
 
+use super::fetch_wait::{Produced, SignallingProduce, WaitingFetch};
 use crate::Error;
 
 pub fn services<S>(
     builder: FrameRouteBuilder<(), Error>,
     storage: S,
+    produced: Produced,
 ) -> Result<FrameRouteBuilder<(), Error>, Error>
 where
     S: Storage,
@@ -63,7 +65,6 @@ where
         describe_groups,
         describe_topic_partitions,
         describe_user_scram_credentials,
-        fetch,
         find_coordinator,
         get_telemetry_subscriptions,
         incremental_alter_configs,
@@ -72,13 +73,14 @@ where
         list_offsets,
         list_partition_reassignments,
         metadata,
-        produce,
         txn_offset_commit_request,
     ]
     .iter()
     .try_fold(builder, |builder, service| {
         service(builder, storage.clone())
     })
+    .and_then(|builder| fetch(builder, storage.clone(), produced.clone()))
+    .and_then(|builder| produce(builder, storage, produced))
 }
 
 pub fn alter_user_scram_credentials<S>(
@@ -357,6 +359,7 @@ where
 pub fn fetch<S>(
     builder: FrameRouteBuilder<(), Error>,
     storage: S,
+    produced: Produced,
 ) -> Result<FrameRouteBuilder<(), Error>, Error>
 where
     S: Storage,
@@ -369,7 +372,7 @@ where
                 MapStateLayer::new(|_| storage),
                 FrameRequestLayer::<FetchRequest>::new(),
             )
-                .into_layer(FetchService)
+                .into_layer(WaitingFetch { produced })
                 .boxed(),
         )
         .map_err(Into::into)
@@ -525,6 +528,7 @@ where
 pub fn produce<S>(
     builder: FrameRouteBuilder<(), Error>,
     storage: S,
+    produced: Produced,
 ) -> Result<FrameRouteBuilder<(), Error>, Error>
 where
     S: Storage,
@@ -537,7 +541,7 @@ where
                 MapStateLayer::new(|_| storage),
                 FrameRequestLayer::<ProduceRequest>::new(),
             )
-                .into_layer(ProduceService)
+                .into_layer(SignallingProduce { produced })
                 .boxed(),
         )
         .map_err(Into::into)
