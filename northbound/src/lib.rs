@@ -21,7 +21,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tracing::{info, info_span, Instrument as _};
+use tracing::{debug, info, info_span, Instrument as _};
 use wfm_protocol::hub::HubMessage;
 use wfm_protocol::northbound::NorthboundReply;
 use wfm_protocol::resources::ReplyTo;
@@ -99,7 +99,7 @@ impl AppState {
                     )))
                 }
             }
-            info!("command sent to the hub");
+            debug!("command sent to the hub");
             let reply = waiter
                 .wait(timeout.saturating_sub(started.elapsed()))
                 .await

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use tracing::{info, info_span, warn};
+use tracing::{debug, info, info_span, warn};
 use wfm_protocol::resources::{
     Allocated, AllocationFailed, Deallocated, ReplyTo, ResourcesCommand, ResourcesReply,
 };
@@ -113,7 +113,7 @@ impl Handler for ResourcesHandler {
                 }
                 let (reply, record) = match self.allocator.allocate(&network, &request.flow) {
                     Ok((allocation, booking)) => {
-                        info!(
+                        debug!(
                             ?booking,
                             path_hops = allocation.path.forward.len(),
                             "allocated"
@@ -164,7 +164,7 @@ impl Handler for ResourcesHandler {
                 let _span =
                     info_span!("deallocate", %flow_id, request_id = %request.request_id).entered();
                 let freed = self.allocator.deallocate(flow_id);
-                info!(held = freed.is_some(), "deallocated");
+                debug!(held = freed.is_some(), "deallocated");
                 let tombstone = freed.map(|_| {
                     Outgoing::tombstone(&changelog, flow_id).to_partition(delivery.partition)
                 });

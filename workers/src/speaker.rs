@@ -177,7 +177,7 @@ impl SpeakerHandler {
                     let latency = state.completed_at.unwrap_or(state.started_at) - state.started_at;
                     self.stats
                         .job_completed(failed as u64, u64::try_from(latency).unwrap_or(0));
-                    info!(failed, latency_ms = latency, "job completed");
+                    debug!(failed, latency_ms = latency, "job completed");
                     outputs.push(self.result(state)?);
                 }
             }
