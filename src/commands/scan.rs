@@ -7,9 +7,10 @@ use std::ops::ControlFlow;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::groups::GroupList;
 use rdkafka::message::{BorrowedMessage, Headers, Message as _};
 use rdkafka::{Offset, TopicPartitionList};
@@ -70,8 +71,28 @@ pub struct Inspector {
     /// For metadata and offset queries; every read gets a consumer of its
     /// own, since one reused across assignments can drop records it fetched
     /// for the previous assignment.
-    consumer: BaseConsumer,
+    consumer: ScanConsumer,
 }
+
+type ScanConsumer = BaseConsumer<QuietEof>;
+
+/// A scan asks for partition-EOF events to know where it ends; librdkafka
+/// also reports each one as a client error, which the default context would
+/// log as an ERROR line per partition.
+struct QuietEof;
+
+impl ClientContext for QuietEof {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        ) {
+            tracing::error!(%error, reason, "librdkafka error");
+        }
+    }
+}
+
+impl ConsumerContext for QuietEof {}
 
 impl Inspector {
     /// The group id the inspector's consumers carry (and never join).
@@ -84,6 +105,9 @@ impl Inspector {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "true")
+            // A scan knows it reached the end from one empty fetch per
+            // partition, which the broker answers only after this wait.
+            .set("fetch.wait.max.ms", "10")
             // Large fetches: a scan is throughput-bound, never latency-bound.
             .set("max.partition.fetch.bytes", (16 << 20).to_string())
             .set("fetch.max.bytes", (64 << 20).to_string())
@@ -94,7 +118,7 @@ impl Inspector {
                 ((64 << 20) + (1 << 20)).to_string(),
             );
         Ok(Self {
-            consumer: config.create()?,
+            consumer: config.create_with_context(QuietEof)?,
             config,
         })
     }
@@ -166,7 +190,7 @@ impl Inspector {
         if pending == 0 {
             return Ok(());
         }
-        let consumer: BaseConsumer = self.config.create()?;
+        let consumer: ScanConsumer = self.config.create_with_context(QuietEof)?;
         consumer.assign(&assignment)?;
         let started = Instant::now();
         while pending > 0 {
@@ -244,7 +268,7 @@ impl Inspector {
         if assignment.count() == 0 {
             return Ok(0);
         }
-        let consumer: BaseConsumer = self.config.create()?;
+        let consumer: ScanConsumer = self.config.create_with_context(QuietEof)?;
         consumer.assign(&assignment)?;
         let bar = progress_bar(progress, total);
         let mut visited = 0u64;
@@ -297,7 +321,7 @@ impl Inspector {
 /// position has reached its end, which happens when the last offsets are
 /// not records (compacted away or transaction markers).
 fn close_drained(
-    consumer: &BaseConsumer,
+    consumer: &ScanConsumer,
     partition: i32,
     open: &mut HashMap<String, HashMap<i32, i64>>,
 ) -> Result<usize, ScanError> {
