@@ -21,7 +21,7 @@ use wfm_runtime::{Context, Delivery, Handler, Outgoing, TopicPartition, WfmError
 
 use crate::fsm::{Ctx, Effect, Event, Request, RequestCore};
 use crate::inspect::{HubInspector, RequestSummary};
-use crate::state::{history_key, request_key, HubStateRecord, InFlight, PartitionState};
+use crate::state::{history_key, request_key, Finished, HubStateRecord, InFlight, PartitionState};
 use crate::HubConfig;
 
 const SOURCE: &str = "hub";
@@ -140,6 +140,25 @@ impl HubHandler {
                 None,
             ),
         };
+        if let Some((finished_id, last)) = state.finished.get(&flow_id) {
+            if *finished_id == request_id {
+                // A record of a request that has finished: replayed after a
+                // crash cut off part of what its last event sent, or late.
+                if let Some(last) = last {
+                    // A newer request in flight owns the flow record.
+                    let flow_writes = !state.requests.contains_key(&flow_id);
+                    resend(
+                        &last.core,
+                        &last.effects,
+                        &last.history,
+                        flow_writes,
+                        &self.coordinator,
+                        out,
+                    )?;
+                }
+                return Ok(None);
+            }
+        }
         if let Some(is_create) = new_request {
             if let Some(current) = state.requests.get(&flow_id) {
                 if current.request.core().request_id != request_id {
@@ -158,11 +177,6 @@ impl HubHandler {
                     )?;
                 }
                 // Same request id: a redelivered command, already being handled.
-                return Ok(None);
-            }
-            if state.finished.get(&flow_id) == Some(&request_id) {
-                // Redelivered after it finished (a crash before the commit):
-                // its answers were sent already.
                 return Ok(None);
             }
             if overloaded {
@@ -282,9 +296,11 @@ impl HubHandler {
             self.inspector
                 .count_outcome(done.request.kind(), done.request.state());
             let last_request_id = done.request.core().request_id.clone();
-            state
-                .finished
-                .insert(flow_id.to_owned(), last_request_id.clone());
+            let finished = Box::new(Finished {
+                core: done.request.core().clone(),
+                effects,
+                history: done.last_history,
+            });
             if let Some((seq, hash)) = head {
                 state
                     .history_heads
@@ -293,10 +309,14 @@ impl HubHandler {
                 let record = HubStateRecord::HistoryHead {
                     seq,
                     hash,
-                    last_request_id,
+                    last_request_id: last_request_id.clone(),
+                    finished: Some(finished.clone()),
                 };
                 out.send_state(Topic::HubState, &history_key(flow_id), &record, id)?;
             }
+            state
+                .finished
+                .insert(flow_id.to_owned(), (last_request_id, Some(finished)));
             out.tombstone(Topic::HubState, &request_key(flow_id));
             self.inspector.remove(flow_id);
         } else {
@@ -530,6 +550,43 @@ fn perform(
     Ok(())
 }
 
+/// Sends again what a request's latest event sent, its history events as they
+/// were; receivers deduplicate, so this only fills in what a crash cut off.
+/// Flow writes are left out unless `flow_writes`.
+fn resend(
+    core: &RequestCore,
+    effects: &[Effect],
+    history: &[HistoryEvent],
+    flow_writes: bool,
+    coordinator: &CoordinatorClient,
+    out: &mut Outputs<'_>,
+) -> Result<(), WfmError> {
+    let mut scratch = PartitionState::default();
+    for effect in effects {
+        let skipped = match effect {
+            Effect::History { .. } => true,
+            Effect::SaveFlow(_) | Effect::RemoveFlow => !flow_writes,
+            _ => false,
+        };
+        if !skipped {
+            perform(
+                effect,
+                core,
+                &mut scratch,
+                coordinator,
+                &mut None,
+                &mut Vec::new(),
+                core.started_at,
+                out,
+            )?;
+        }
+    }
+    for event in history {
+        send_history(out, event)?;
+    }
+    Ok(())
+}
+
 fn send_history(out: &mut Outputs<'_>, event: &HistoryEvent) -> Result<(), WfmError> {
     let id = ids::derive(&[
         "history",
@@ -603,24 +660,14 @@ impl Handler for HubHandler {
                     correlation_id: core.correlation_id.clone(),
                     records: Vec::new(),
                 };
-                let mut scratch = PartitionState::default();
-                for effect in &in_flight.request.last_effects {
-                    if !matches!(effect, Effect::History { .. }) {
-                        perform(
-                            effect,
-                            core,
-                            &mut scratch,
-                            &self.coordinator,
-                            &mut None,
-                            &mut Vec::new(),
-                            core.started_at,
-                            &mut out,
-                        )?;
-                    }
-                }
-                for event in &in_flight.last_history {
-                    send_history(&mut out, event)?;
-                }
+                resend(
+                    core,
+                    &in_flight.request.last_effects,
+                    &in_flight.last_history,
+                    true,
+                    &self.coordinator,
+                    &mut out,
+                )?;
                 self.inspector
                     .upsert(summary(&in_flight.request, *partition));
                 outputs.extend(out.records);

@@ -8,7 +8,7 @@ use wfm_protocol::flow::{FlowRecord, FlowsMessage};
 use wfm_protocol::history::HistoryEvent;
 use wfm_protocol::Envelope;
 
-use crate::fsm::Request;
+use crate::fsm::{Effect, Request, RequestCore};
 
 /// A request in flight, as persisted after every event it handles.
 #[derive(Serialize, Deserialize)]
@@ -19,6 +19,20 @@ pub struct InFlight {
     pub history_head: Option<(u64, String)>,
     /// The history events of the latest event, resent exactly on resume.
     pub last_history: Vec<HistoryEvent>,
+}
+
+/// The request that finished last on a flow, with what its final event sent.
+///
+/// The outputs of one inbox record go to several partitions, and a crash can
+/// leave some of them durable and others not: this record in the changelog,
+/// say, but not the reply or the last history event. The inbox record is then
+/// not committed, so its replay reaches whoever owns the partition next, and
+/// seeing a record of a finished request, the hub resends these.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Finished {
+    pub core: RequestCore,
+    pub effects: Vec<Effect>,
+    pub history: Vec<HistoryEvent>,
 }
 
 /// Records of the hub's changelog, keyed `request/<flow id>` or `history/<flow id>`.
@@ -33,6 +47,9 @@ pub enum HubStateRecord {
         hash: String,
         #[serde(default)]
         last_request_id: String,
+        /// Absent in records written before it existed.
+        #[serde(default)]
+        finished: Option<Box<Finished>>,
     },
 }
 
@@ -49,8 +66,9 @@ pub struct PartitionState {
     pub flows: HashMap<String, FlowRecord>,
     pub requests: HashMap<String, InFlight>,
     pub history_heads: HashMap<String, (u64, String)>,
-    /// Per flow, the request that finished last.
-    pub finished: HashMap<String, String>,
+    /// Per flow, the request that finished last: its id, and what it sent at
+    /// the end when the changelog has that.
+    pub finished: HashMap<String, (String, Option<Box<Finished>>)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -101,8 +119,10 @@ impl PartitionState {
                     seq,
                     hash,
                     last_request_id,
+                    finished,
                 } => {
-                    self.finished.insert(flow_id.clone(), last_request_id);
+                    self.finished
+                        .insert(flow_id.clone(), (last_request_id, finished));
                     self.history_heads.insert(flow_id, (seq, hash));
                 }
             },
@@ -135,11 +155,12 @@ mod tests {
             seq: 7,
             hash: "h".into(),
             last_request_id: "r9".into(),
+            finished: None,
         };
         state
             .apply_state(history_key("f1"), Some(&encoded(&head)))
             .unwrap();
-        assert_eq!(state.finished["f1"], "r9");
+        assert_eq!(state.finished["f1"].0, "r9");
         assert_eq!(state.history_heads["f1"], (7, "h".to_owned()));
         state.apply_state(history_key("f1"), None).unwrap();
         assert!(state.finished.is_empty() && state.history_heads.is_empty());

@@ -304,15 +304,24 @@ async fn assert_nothing_lost(system: &System, load: Load) {
     if !report.is_clean() {
         for violation in &report.violations {
             if let Violation::StuckInProgress { flow_id, .. }
-            | Violation::OrphanRule { flow_id, .. } = violation
+            | Violation::OrphanRule { flow_id, .. }
+            | Violation::BrokenHistory { flow_id, .. } = violation
             {
                 let events = system.history(flow_id).await;
                 let steps: Vec<String> = events
                     .iter()
                     .map(|e| {
                         format!(
-                            "{} {} {:?}->{:?} {}",
-                            e.request_id, e.action, e.from_state, e.to_state, e.details
+                            "#{} at {} {:.8}->{:.8} {} {} {:?}->{:?} {}",
+                            e.seq,
+                            e.at,
+                            e.prev_hash,
+                            e.hash,
+                            e.request_id,
+                            e.action,
+                            e.from_state,
+                            e.to_state,
+                            e.details
                         )
                     })
                     .collect();

@@ -4,10 +4,12 @@
 use std::time::Duration;
 
 use wfm_protocol::flow::FlowStatus;
-use wfm_protocol::history::{verify_chain, ChainError};
+use wfm_protocol::history::{verify_chain, ChainError, HistoryMessage};
 use wfm_protocol::northbound::{NorthboundReply, RequestErrorKind};
 use wfm_protocol::Topic;
+use wfm_runtime::producer::{Outgoing, Producer};
 
+use crate::harness::{read_topic, Record};
 use crate::system::{endpoint, flow, System};
 
 const OUTCOME: Duration = Duration::from_secs(60);
@@ -415,5 +417,79 @@ async fn a_trace_of_a_real_create_shows_its_hops_in_order() {
     assert!(
         hops.iter().any(|h| h["history"] == true),
         "FSM transitions are in the trace"
+    );
+}
+
+/// A crash can leave part of one record's outputs durable and the rest not:
+/// the hub's changelog says the request finished, but the reply or the last
+/// history event never made it. The record is not committed then, so the next
+/// owner of the partition gets it again; seeing a record of a finished
+/// request, it must send the request's final outputs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_record_of_a_finished_request_resends_its_final_outputs() {
+    let system = System::start().await;
+    let spec = flow("redelivered", endpoint(2, 1, 30), endpoint(2, 2, 40), 1_000);
+    let request = system.client.create(&spec).await;
+    system
+        .client
+        .outcome(&request, OUTCOME)
+        .await
+        .expect("finished");
+    let kafka = &system.broker.kafka;
+    let inbox = system.broker.topic(Topic::Hub);
+    let records = read_topic(kafka, &inbox, Duration::from_secs(3), |_| false).await;
+    let finishing = records
+        .iter()
+        .rfind(|r| r.key.as_deref() == Some("redelivered"))
+        .expect("the flow's records on the hub's inbox");
+    let history = system.history("redelivered").await;
+    let last_event = history.last().expect("history").clone();
+
+    let replay = Outgoing {
+        topic: inbox.clone(),
+        key: "redelivered".into(),
+        partition: Some(finishing.partition),
+        value: finishing.value.clone(),
+    };
+    Producer::new(kafka)
+        .expect("producer")
+        .send(&replay)
+        .await
+        .expect("replayed");
+
+    let final_replies = |records: &[Record]| {
+        records
+            .iter()
+            .filter_map(|r| r.envelope()?.open::<NorthboundReply>().ok())
+            .filter(|reply| {
+                matches!(reply, NorthboundReply::RequestFinished { request_id, .. } if *request_id == request)
+            })
+            .count()
+    };
+    let replies = read_topic(
+        kafka,
+        &system.broker.topic(Topic::Northbound),
+        Duration::from_secs(20),
+        |records| final_replies(records) >= 2,
+    )
+    .await;
+    assert_eq!(final_replies(&replies), 2, "the final reply is sent again");
+    let resent = read_topic(
+        kafka,
+        &system.broker.topic(Topic::History),
+        Duration::from_secs(5),
+        |_| false,
+    )
+    .await
+    .iter()
+    .filter_map(|r| r.envelope()?.open::<HistoryMessage>().ok())
+    .filter(|HistoryMessage::HistoryEvent(event)| *event == last_event)
+    .count();
+    assert_eq!(resent, 2, "the last history event is sent again, as it was");
+    assert_eq!(system.history("redelivered").await, history);
+    assert_eq!(
+        system.flows().await["redelivered"].status,
+        FlowStatus::Up,
+        "the flow record is unchanged"
     );
 }

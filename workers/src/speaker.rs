@@ -327,6 +327,16 @@ impl Handler for SpeakerHandler {
             SpeakerMessage::SwitchReply(reply) => {
                 let job_id = delivery.key.clone().unwrap_or_default();
                 let _span = info_span!("job", %job_id, command_id = %reply.command_id, attempt = reply.attempt).entered();
+                if let Some(tracked) = self.jobs.get(&job_id) {
+                    if tracked.state.is_completed() {
+                        // Late, or replayed because a crash cut off the result
+                        // after the completed job was in the changelog: the
+                        // result again, which the hub takes at most once.
+                        self.stats.stale_reply();
+                        debug!("reply to a completed job: result sent again");
+                        return Ok(vec![self.result(&tracked.state)?]);
+                    }
+                }
                 let now = now_ms();
                 let outputs = self.answer(&job_id, |state| {
                     state.on_reply(&reply.command_id, &reply.result, &policy, now)
