@@ -473,7 +473,7 @@ fn perform(
             };
             let record = coordinator
                 .register(
-                    &timer_key(request_id, *step),
+                    &timer_key(request_id),
                     Fire::At(*deadline),
                     Topic::Hub,
                     flow_id,
@@ -483,9 +483,9 @@ fn perform(
                 .map_err(|e| WfmError::RequestFailed(e.to_string()))?;
             out.records.push(record);
         }
-        Effect::CancelTimeout { step } => {
+        Effect::CancelTimeout { .. } => {
             let record = coordinator
-                .cancel(&timer_key(request_id, *step), &out.correlation_id)
+                .cancel(&timer_key(request_id), &out.correlation_id)
                 .map_err(|e| WfmError::RequestFailed(e.to_string()))?;
             out.records.push(record);
         }
@@ -602,8 +602,8 @@ fn send_history(out: &mut Outputs<'_>, event: &HistoryEvent) -> Result<(), WfmEr
     )
 }
 
-fn timer_key(request_id: &str, step: u32) -> String {
-    format!("hub/{request_id}/{step}")
+fn timer_key(request_id: &str) -> String {
+    format!("hub/{request_id}")
 }
 
 #[async_trait]

@@ -47,10 +47,12 @@ pub enum Effect {
         operations: Vec<SwitchOperation>,
         deadline: i64,
     },
+    /// Arms the request's timer, or moves it: one per request, carrying the step.
     ArmTimeout {
         step: u32,
         deadline: i64,
     },
+    /// Disarms the request's timer once it finishes; `step` is its last wait.
     CancelTimeout {
         step: u32,
     },
@@ -165,11 +167,12 @@ impl RequestCore {
         }
     }
 
-    /// Leaves the current wait: its timer is cancelled and a new step begins.
-    fn next_step(&mut self, ctx: &mut Ctx) -> u32 {
-        if self.step > 0 {
-            ctx.push(Effect::CancelTimeout { step: self.step });
-        }
+    /// Leaves the current wait and begins a new step. The request has one
+    /// timer, which the next wait's [`Effect::ArmTimeout`] re-arms in place:
+    /// cancelling it between steps would cost a record per step for nothing,
+    /// and a timeout fired for an earlier step carries that step, so it is
+    /// recognised as stale.
+    fn next_step(&mut self) -> u32 {
         self.step += 1;
         self.awaited_job = None;
         self.step
@@ -191,14 +194,14 @@ impl RequestCore {
     }
 
     pub fn await_allocation(&mut self, ctx: &mut Ctx, flow: &FlowSpec) {
-        self.next_step(ctx);
+        self.next_step();
         ctx.push(Effect::Allocate { flow: flow.clone() });
         let deadline = self.forward_deadline(ctx);
         self.arm(ctx, deadline);
     }
 
     pub fn await_deallocation(&mut self, ctx: &mut Ctx) {
-        self.next_step(ctx);
+        self.next_step();
         ctx.push(Effect::Deallocate);
         let deadline = self.rollback_deadline(ctx);
         self.arm(ctx, deadline);
@@ -212,7 +215,7 @@ impl RequestCore {
         operations: Vec<SwitchOperation>,
         rollback: bool,
     ) {
-        let step = self.next_step(ctx);
+        let step = self.next_step();
         let deadline = if rollback {
             self.rollback_deadline(ctx)
         } else {
@@ -231,9 +234,13 @@ impl RequestCore {
         self.arm(ctx, deadline);
     }
 
-    /// Ends the current wait for good: nothing more will be awaited.
+    /// Ends the current wait for good: the timer is cancelled and nothing
+    /// more will be awaited.
     pub fn finish(&mut self, ctx: &mut Ctx) {
-        self.next_step(ctx);
+        if self.step > 0 {
+            ctx.push(Effect::CancelTimeout { step: self.step });
+        }
+        self.next_step();
     }
 
     pub fn is_current_timeout(&self, step: u32) -> bool {

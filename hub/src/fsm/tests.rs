@@ -184,6 +184,34 @@ fn create_walks_every_forward_state_to_up() {
         .any(|e| matches!(e, Effect::ArmTimeout { .. })));
 }
 
+/// One timer per request, moved along by each wait and cancelled once at the
+/// end: a cancel per step cost the coordinator a record per step.
+#[test]
+fn a_request_moves_one_timer_through_its_waits_and_cancels_it_at_the_end() {
+    let (mut d, mut effects) = create_until(0);
+    let mut armed = vec![step_armed(&effects)];
+    while !d.request.is_terminal() {
+        assert!(
+            !effects
+                .iter()
+                .any(|e| matches!(e, Effect::CancelTimeout { .. })),
+            "no cancel between waits: {effects:?}"
+        );
+        let event = completed(&effects, None);
+        effects = d.feed(event);
+        armed.extend(effects.iter().filter_map(|e| match e {
+            Effect::ArmTimeout { step, .. } => Some(*step),
+            _ => None,
+        }));
+    }
+    assert_eq!(armed, [2, 3, 4, 5], "each wait re-arms under its own step");
+    let cancels: Vec<_> = effects
+        .iter()
+        .filter(|e| matches!(e, Effect::CancelTimeout { .. }))
+        .collect();
+    assert_eq!(cancels, [&Effect::CancelTimeout { step: 5 }]);
+}
+
 #[test]
 fn one_switch_create_skips_non_ingress() {
     let mut d = create_driver(endpoint("A", 10, 100), endpoint("A", 11, 200));
