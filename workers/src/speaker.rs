@@ -3,16 +3,17 @@
 //! commands and job results. A job's timers (reply timeouts, backoffs, its
 //! deadline) are its own and fire from [`Handler::on_wakeup`].
 //!
-//! Crash safety: a job is written to the compacted `wfm.speaker-worker.state`
-//! changelog (same partition as the job) when it is taken and when it
-//! completes, before the effects that follow, and all are acknowledged before
-//! the input offset is committed. Whoever owns the partition next restores
-//! the jobs, re-sends every attempt the changelog has in flight under its id
-//! and re-arms its timeout, so a job resumes rather than waiting for the
-//! hub's timeout. Progress in between is not written: switch commands are
-//! idempotent, so re-sending an attempt that was answered before the crash
-//! only brings its answer again, and a reply answering an attempt the
-//! restored job no longer has in flight is stale and ignored.
+//! Crash safety: the inbox offset is not committed past the job record of
+//! any job still running ([`Handler::replay_from`]), so whoever owns the
+//! partition next takes such a job again from its record and runs it afresh;
+//! its commands carry the same ids, and switch commands are idempotent, so a
+//! command answered before the crash only brings its answer again. A job is
+//! written to the compacted `wfm.speaker-worker.state` changelog (same
+//! partition) only when it completes, before its result, and both are
+//! acknowledged before the offset moves past it: the successor restores
+//! completed jobs to answer a duplicate with the same result. Writing each
+//! job as it was taken as well cost a large record per job for what the
+//! inbox already holds.
 //!
 //! Why the job keeps its own timers rather than a coordinator callback per
 //! command: the job is durable here already, and a callback per command cost
@@ -54,6 +55,8 @@ pub struct SpeakerSettings {
 struct Tracked {
     state: JobState,
     partition: i32,
+    /// The inbox offset of the job's record; `None` for a job restored from the changelog.
+    taken_at: Option<i64>,
 }
 
 pub struct SpeakerHandler {
@@ -63,6 +66,9 @@ pub struct SpeakerHandler {
     jobs: HashMap<String, Tracked>,
     /// `(due ms, job id)` of every job's next tick or expiry.
     timers: BTreeSet<(i64, String)>,
+    /// `(partition, inbox offset)` of every job still running: the inbox is
+    /// replayed from the oldest of a partition.
+    running: BTreeSet<(i32, i64)>,
 }
 
 impl SpeakerHandler {
@@ -73,6 +79,7 @@ impl SpeakerHandler {
             topics,
             jobs: HashMap::new(),
             timers: BTreeSet::new(),
+            running: BTreeSet::new(),
         }
     }
 
@@ -85,16 +92,22 @@ impl SpeakerHandler {
     }
 
     /// Stores the job and produces the records of `effects`, preceded by the
-    /// job's changelog record when the job has just been `taken` or completes.
+    /// job's changelog record when it completes.
     fn commit(
         &mut self,
         state: JobState,
         partition: i32,
+        taken_at: Option<i64>,
         effects: Vec<Effect>,
-        taken: bool,
     ) -> Result<Vec<Outgoing>, WfmError> {
         let job_id = state.job.job_id.clone();
-        let durable = taken || effects.contains(&Effect::Complete);
+        let durable = effects.contains(&Effect::Complete);
+        if let Some(offset) = taken_at {
+            match state.is_completed() {
+                false => self.running.insert((partition, offset)),
+                true => self.running.remove(&(partition, offset)),
+            };
+        }
         if let Some(due) = self.jobs.get(&job_id).and_then(|t| self.due(&t.state)) {
             self.timers.remove(&(due, job_id.clone()));
         }
@@ -115,7 +128,14 @@ impl SpeakerHandler {
             state
         };
         outputs.extend(self.perform(&state, effects)?);
-        self.jobs.insert(job_id, Tracked { state, partition });
+        self.jobs.insert(
+            job_id,
+            Tracked {
+                state,
+                partition,
+                taken_at,
+            },
+        );
         Ok(outputs)
     }
 
@@ -224,7 +244,7 @@ impl SpeakerHandler {
                 if let Some(due) = previous_due {
                     self.timers.remove(&(due, job_id.to_owned()));
                 }
-                self.commit(tracked.state, tracked.partition, effects, false)
+                self.commit(tracked.state, tracked.partition, tracked.taken_at, effects)
                     .map(Some)
             }
         }
@@ -259,7 +279,7 @@ impl SpeakerHandler {
             &self.settings.policy,
             now_ms(),
         );
-        self.commit(state, delivery.partition, effects, true)
+        self.commit(state, delivery.partition, Some(delivery.offset), effects)
     }
 }
 
@@ -293,11 +313,13 @@ impl Handler for SpeakerHandler {
                         continue;
                     }
                 };
+                // Running jobs come back from the inbox; one here was written
+                // by an earlier version, which saved jobs as it took them.
                 let effects = state.resend_in_flight(&self.settings.policy, now_ms());
                 resumed += usize::from(!state.is_completed());
                 let _span = info_span!("job", %job_id, flow_id = %state.job.flow_id).entered();
                 // Restored from the changelog: already durable as it is.
-                outputs.extend(self.commit(state, *partition, effects, false)?);
+                outputs.extend(self.commit(state, *partition, None, effects)?);
             }
             info!(partition, resumed, "speaker jobs restored");
         }
@@ -310,6 +332,15 @@ impl Handler for SpeakerHandler {
             .retain(|_, tracked| !revoked.contains(&tracked.partition));
         let jobs = &self.jobs;
         self.timers.retain(|(_, job_id)| jobs.contains_key(job_id));
+        self.running
+            .retain(|(partition, _)| !revoked.contains(partition));
+    }
+
+    fn replay_from(&self, (_, partition): &TopicPartition) -> Option<i64> {
+        self.running
+            .range((*partition, i64::MIN)..=(*partition, i64::MAX))
+            .next()
+            .map(|(_, offset)| *offset)
     }
 
     async fn handle(
@@ -378,7 +409,7 @@ impl Handler for SpeakerHandler {
             }
             let mut state = tracked.state;
             let effects = state.on_tick(&self.settings.policy, now);
-            outputs.extend(self.commit(state, tracked.partition, effects, false)?);
+            outputs.extend(self.commit(state, tracked.partition, tracked.taken_at, effects)?);
         }
         Ok(outputs)
     }
