@@ -157,15 +157,33 @@ enum RebalanceEvent {
     Revoked(Vec<TopicPartition>),
 }
 
+/// How long a member giving up partitions waits for its outputs to be
+/// acknowledged before it lets the rebalance go on.
+const REVOKE_FLUSH: Duration = Duration::from_secs(2);
+
 /// Forwards librdkafka's rebalance callbacks to the consumer loop, which
 /// applies them before it handles any record of the new assignment.
 struct Rebalances {
     events: mpsc::UnboundedSender<RebalanceEvent>,
+    /// Flushed before partitions are given up. The member rejoins the group
+    /// as soon as this callback returns, and the partitions' next owner
+    /// restores their changelog at once: an output still on its way then
+    /// could land after the successor's own newer record for the same key.
+    producer: Producer,
 }
 
 impl ClientContext for Rebalances {}
 
 impl ConsumerContext for Rebalances {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(_) = rebalance {
+            // Blocks this thread only: librdkafka's own threads deliver.
+            if let Err(error) = self.producer.flush(REVOKE_FLUSH) {
+                warn!(%error, "outputs not all acknowledged before giving up partitions");
+            }
+        }
+    }
+
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let event = match rebalance {
             Rebalance::Assign(list) => RebalanceEvent::Assigned(partitions_of(list)),
@@ -275,8 +293,10 @@ impl<'a> Session<'a> {
             config.set(key, value);
         }
         let (tx, rx) = mpsc::unbounded_channel();
-        let consumer: StreamConsumer<Rebalances> =
-            config.create_with_context(Rebalances { events: tx })?;
+        let consumer: StreamConsumer<Rebalances> = config.create_with_context(Rebalances {
+            events: tx,
+            producer: self.ctx.producer.clone(),
+        })?;
         let topics: Vec<&str> = self.spec.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
         self.consumer = Some(consumer);
