@@ -85,7 +85,12 @@ impl Producer {
         let mut config = client_config(kafka, &Default::default());
         config
             .set("enable.idempotence", "true")
-            .set("linger.ms", "1")
+            // No linger: most records fan out to several partitions (a job's
+            // commands go to one partition per switch), and with a linger the
+            // partitions whose record came a few microseconds later missed the
+            // produce request and waited a round trip for the next one. Under
+            // load, records still batch while a request is in flight.
+            .set("linger.ms", "0")
             // The Java client's partitioner, so keys land where any Kafka client puts them.
             .set("partitioner", "murmur2_random")
             .set(
