@@ -657,8 +657,11 @@ async fn schemathesis_finds_no_server_errors() {
             "15",
             "--max-time",
             "60",
+            // One worker: with two threads, hypothesis's lambda descriptions
+            // race in CPython 3.11's `ast.parse` and schemathesis now and then
+            // reports that as a runtime error of its own.
             "--workers",
-            "2",
+            "1",
             "--seed",
             "1",
             "--no-color",
