@@ -1,5 +1,6 @@
 //! Integration tests: every one runs against a real Kafka-protocol broker.
 
+mod bench;
 mod broker;
 mod chaos;
 mod coordinator;

@@ -1,0 +1,88 @@
+//! `wfm bench` against a running system: its report accounts for every flow
+//! it drove through the REST API, and it leaves nothing behind.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use wfm_check::{Options, Sources};
+
+use crate::harness::WFM;
+use crate::system::System;
+
+const FLOWS: u64 = 6;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_reports_every_flow_it_created_and_deleted() {
+    let mut system = System::start().await;
+    system.start_component("northbound").await;
+    let kafka = &system.broker.kafka;
+    let mut bench = tokio::process::Command::new(WFM);
+    bench
+        .args(["bench", "--url", &system.northbound_url])
+        .args(["--flows", &FLOWS.to_string(), "--concurrency", "3"])
+        .args(["--pings", "20", "--timeout", "60s", "--json"])
+        .env("WFM_LOG", "warn")
+        .env("WFM_KAFKA_BROKERS", &kafka.brokers)
+        .env("WFM_TOPIC_PREFIX", &kafka.topic_prefix);
+    for (key, value) in &kafka.client {
+        bench.arg("-X").arg(format!("{key}={value}"));
+    }
+    for (key, value) in &kafka.consumer {
+        bench.arg("-C").arg(format!("{key}={value}"));
+    }
+    let output = tokio::time::timeout(Duration::from_secs(240), bench.output())
+        .await
+        .expect("bench ends")
+        .expect("bench runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_str(&stdout).expect("a JSON report");
+
+    for phase in ["create", "delete"] {
+        let phase = &report[phase];
+        assert_eq!(phase["requested"], FLOWS, "{report:#}");
+        assert_eq!(phase["succeeded"], FLOWS, "{report:#}");
+        assert_eq!(
+            (phase["failed"].as_u64(), phase["stuck"].as_u64()),
+            (Some(0), Some(0))
+        );
+        assert!(phase["per_second"].as_f64().unwrap() > 0.0);
+    }
+    let floor = report["hop_floor"]["p50_ms"].as_f64().expect("a hop floor");
+    let create = &report["create"]["latency"];
+    let (p50, p99) = (
+        create["p50_ms"].as_f64().unwrap(),
+        create["p99_ms"].as_f64().unwrap(),
+    );
+    assert!(floor > 0.0 && p50 >= floor && p99 >= p50, "{report:#}");
+    // A create is a chain of hops: it cannot beat their floor.
+    let hops = report["hops_per_create"].as_f64().unwrap();
+    let ratio = report["create_p50_ratio"].as_f64().expect("a ratio");
+    assert!((ratio - p50 / (hops * floor)).abs() < 1e-6, "{report:#}");
+    let states = report["create_state_p50_ms"]
+        .as_object()
+        .expect("per-state latency from history");
+    for state in ["InstallingIngress", "ValidatingIngress"] {
+        assert!(states.contains_key(state), "{report:#}");
+    }
+
+    assert!(
+        !system
+            .flows()
+            .await
+            .keys()
+            .any(|id| id.starts_with("bench-")),
+        "the bench deleted its flows"
+    );
+    let sources = Sources {
+        kafka,
+        simulator_url: &system.simulator_url,
+    };
+    let snapshot = wfm_check::collect(&sources).await.expect("system readable");
+    let found = wfm_check::check(&snapshot, &Options { stuck_after_ms: 0 });
+    assert!(found.is_clean(), "{:#?}", found.violations);
+}
