@@ -268,7 +268,6 @@ impl HubHandler {
             error!(flow_id, state = %before, "state machine panicked; request marked FAILED");
             ctx.effects = internal_failure(in_flight.request.core(), now, &before);
         }
-        in_flight.last_history.clear();
         let effects = std::mem::take(&mut ctx.effects);
         let mut head = in_flight.history_head.clone();
         let mut history = Vec::new();
@@ -287,7 +286,13 @@ impl HubHandler {
         }
         let in_flight = state.requests.get_mut(flow_id).expect("still there");
         in_flight.history_head = head.clone();
-        in_flight.last_history = history;
+        // Like the request's own effects, the history to resend on resume is
+        // that of the latest event that did something: an event that changed
+        // nothing (a duplicate reply, a stale timer) must not forget events
+        // whose records may not be durable yet.
+        if !effects.is_empty() {
+            in_flight.last_history = history;
+        }
         let terminal = outcome.is_err() || in_flight.request.is_terminal();
         self.inspector.count_event(&before);
         if terminal {
@@ -709,5 +714,86 @@ impl Handler for HubHandler {
             self.feed(delivery.partition, &flow_id, event, now, &mut out)?;
         }
         Ok(out.records)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use wfm_protocol::resources::ReplyTo;
+
+    use super::*;
+    use crate::rules::tests::{endpoint, spec};
+
+    fn handler_with_request() -> HubHandler {
+        let mut handler = HubHandler::new(
+            HubConfig::default(),
+            Topics::default(),
+            HubInspector::default(),
+        );
+        let reply_to = ReplyTo {
+            topic: "wfm.northbound".into(),
+            key: "corr".into(),
+        };
+        let timeouts = handler.config.timeouts;
+        let core = RequestCore::new("r1", "corr", "f1", reply_to, 0, &timeouts);
+        let flow = spec(endpoint("s1", 1, 10), endpoint("s2", 1, 10));
+        let state = handler.partitions.entry(0).or_default();
+        state.requests.insert(
+            "f1".into(),
+            InFlight {
+                request: Request::create(core, flow),
+                history_head: None,
+                last_history: Vec::new(),
+            },
+        );
+        handler
+    }
+
+    fn feed(handler: &mut HubHandler, event: Event, now: i64) -> Vec<Outgoing> {
+        let topics = handler.topics.clone();
+        let mut out = Outputs {
+            topics: &topics,
+            partition: 0,
+            correlation_id: "corr".into(),
+            records: Vec::new(),
+        };
+        handler.feed(0, "f1", event, now, &mut out).unwrap();
+        out.records
+    }
+
+    /// A crash can leave the snapshot of a later event durable and the
+    /// history records of an earlier one not; the resume must still resend them.
+    #[test]
+    fn an_event_that_changes_nothing_keeps_the_history_to_resend() {
+        let mut handler = handler_with_request();
+        feed(&mut handler, Event::Start { existing: None }, 1);
+        let sent = handler.partitions[&0].requests["f1"].last_history.clone();
+        assert!(!sent.is_empty(), "the start records history");
+
+        let stale_timer = Event::Timeout { step: 999 };
+        let records = feed(&mut handler, stale_timer, 2);
+
+        let in_flight = &handler.partitions[&0].requests["f1"];
+        assert_eq!(
+            in_flight
+                .last_history
+                .iter()
+                .map(|e| e.seq)
+                .collect::<Vec<_>>(),
+            sent.iter().map(|e| e.seq).collect::<Vec<_>>()
+        );
+        let snapshot = records
+            .iter()
+            .find(|r| r.key == request_key("f1"))
+            .expect("the request is persisted");
+        let HubStateRecord::RequestSnapshot(persisted) =
+            Envelope::decode(snapshot.value.as_deref().unwrap(), usize::MAX)
+                .unwrap()
+                .open()
+                .unwrap()
+        else {
+            panic!("a snapshot");
+        };
+        assert_eq!(persisted.last_history.len(), sent.len());
     }
 }
