@@ -291,8 +291,8 @@ mod tests {
         };
         let envelope = Envelope::new(&command, "t", "corr").unwrap();
         assert_eq!(envelope.kind, "remove_rule");
-        assert_eq!(envelope.payload["command_id"], "c1");
-        assert_eq!(envelope.payload["cookie"], 42);
+        assert_eq!(envelope.payload_value()["command_id"], "c1");
+        assert_eq!(envelope.payload_value()["cookie"], 42);
         assert_eq!(envelope.open::<SwitchCommand>().unwrap(), command);
         assert_eq!(command.command_type(), CommandType::RemoveRule);
     }
@@ -322,8 +322,11 @@ mod tests {
             rule: rule.clone(),
         };
         let envelope = Envelope::new(&command, "t", "corr").unwrap();
-        assert_eq!(envelope.payload["rule"]["match"]["vlan_id"], 100);
-        assert_eq!(envelope.payload["rule"]["actions"]["vlan"][0]["op"], "push");
+        assert_eq!(envelope.payload_value()["rule"]["match"]["vlan_id"], 100);
+        assert_eq!(
+            envelope.payload_value()["rule"]["actions"]["vlan"][0]["op"],
+            "push"
+        );
         assert_eq!(envelope.open::<SwitchCommand>().unwrap(), command);
 
         let reply = SwitchResponse::SwitchReply(SwitchReply {
@@ -338,8 +341,11 @@ mod tests {
         });
         let envelope = Envelope::new(&reply, "t", "corr").unwrap();
         assert_eq!(envelope.kind, "switch_reply");
-        assert_eq!(envelope.payload["result"]["status"], "error");
-        assert_eq!(envelope.payload["result"]["code"], "MISSING_OF_FLOWS");
+        assert_eq!(envelope.payload_value()["result"]["status"], "error");
+        assert_eq!(
+            envelope.payload_value()["result"]["code"],
+            "MISSING_OF_FLOWS"
+        );
         assert_eq!(envelope.open::<SwitchResponse>().unwrap(), reply);
     }
 

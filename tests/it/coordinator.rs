@@ -293,7 +293,9 @@ async fn bad_input_is_dead_lettered_and_a_past_deadline_fires_at_once() {
             .register(key, Fire::At(now_ms()), Topic::Hub, "r", &Value::Null, "c")
             .unwrap();
         let mut envelope = Envelope::decode(out.value.as_deref().unwrap(), usize::MAX).unwrap();
-        envelope.payload["reply_topic"] = json!(reply_topic);
+        let mut payload = envelope.payload_value();
+        payload["reply_topic"] = json!(reply_topic);
+        envelope.set_payload(&payload);
         out.value = Some(envelope.encode());
         out.value.unwrap()
     };
@@ -303,7 +305,9 @@ async fn bad_input_is_dead_lettered_and_a_past_deadline_fires_at_once() {
     callbacks.raw("k", register("k", "wfm.nowhere")).await;
     callbacks.raw("other", register("k", &hub)).await;
     let mut no_key = Envelope::decode(&register("k", &hub), usize::MAX).unwrap();
-    no_key.payload.as_object_mut().unwrap().remove("key");
+    let mut payload = no_key.payload_value();
+    payload.as_object_mut().unwrap().remove("key");
+    no_key.set_payload(&payload);
     callbacks.raw("k", no_key.encode()).await;
     // Ancient deadlines are not an error: they fire at once.
     callbacks.register("past", 1).await;

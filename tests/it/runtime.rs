@@ -205,7 +205,7 @@ async fn poison_records_are_dead_lettered_and_processing_continues() {
     sender.raw("k", unknown.encode()).await;
     sender.raw("k", vec![b' '; 3_000]).await;
     let mut bad_payload = Envelope::new(&TestMessage::Ping { seq: 0 }, "test", "c-bad").unwrap();
-    bad_payload.payload = serde_json::json!({ "seq": "seven" });
+    bad_payload.set_payload(&serde_json::json!({ "seq": "seven" }));
     sender.raw("k", bad_payload.encode()).await;
     sender.ping("k", 42).await;
 

@@ -57,7 +57,7 @@ fn envelope(kind: &str, correlation_id: &str, source: &str, created_at: i64) -> 
         created_at,
         deadline: None,
         source: source.into(),
-        payload: json!({ "at": created_at }),
+        payload: serde_json::value::to_raw_value(&json!({ "at": created_at })).unwrap(),
     }
 }
 
