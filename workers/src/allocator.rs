@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use wfm_protocol::flow::{FlowEndpoint, FlowPath, FlowResources, FlowSpec, PathSegment};
 use wfm_protocol::resources::AllocationErrorCode;
 
+use crate::id_set::{lowest_free, IdSet};
 use crate::network::Network;
 use crate::path::{flow_path, segment_link_id, PathError};
 
@@ -127,10 +128,10 @@ pub struct Allocator {
     /// Never handed out again in this incarnation, so that a rule left behind
     /// by a removed flow is not mistaken for one of a new flow.
     next_cookie: u64,
-    meters: HashMap<String, BTreeSet<u32>>,
+    meters: HashMap<String, IdSet>,
     /// Transit VLANs in use per link: a transit rule matches its in-port and
     /// VLAN, so a VLAN only has to be unique on each link it crosses.
-    transit_vlans: HashMap<String, BTreeSet<u16>>,
+    transit_vlans: HashMap<String, IdSet>,
     endpoints: HashMap<EndpointKey, String>,
 }
 
@@ -192,13 +193,13 @@ impl Allocator {
         self.cookies.remove(&cookie_number(&allocation.resources));
         for (switch, meter) in allocation.meters() {
             if let (Some(meters), Some(meter)) = (self.meters.get_mut(switch), meter) {
-                meters.remove(&meter);
+                meters.remove(meter);
             }
         }
         for (segments, vlan) in allocation.transit_vlans() {
             for segment in segments {
                 if let Some(vlans) = self.transit_vlans.get_mut(&segment_link_id(segment)) {
-                    vlans.remove(&vlan);
+                    vlans.remove(u32::from(vlan));
                 }
             }
         }
@@ -286,9 +287,12 @@ impl Allocator {
     /// forward meter, when a one-switch flow puts both on one switch).
     fn free_meter(&self, switch_id: &str, taken: Option<u32>) -> Result<u32, AllocationError> {
         let used = self.meters.get(switch_id);
-        (MIN_METER_ID..=MAX_METER_ID)
-            .find(|id| Some(*id) != taken && !used.is_some_and(|u| u.contains(id)))
-            .ok_or_else(|| AllocationError::Exhausted(format!("meter on {switch_id}")))
+        let free_from = |first: u32| lowest_free(used.into_iter(), first..=MAX_METER_ID);
+        match free_from(MIN_METER_ID) {
+            Some(id) if Some(id) == taken => free_from(id + 1),
+            free => free,
+        }
+        .ok_or_else(|| AllocationError::Exhausted(format!("meter on {switch_id}")))
     }
 
     /// The lowest VLAN free on every link of `segments`; 0 (none) for an empty path.
@@ -296,21 +300,13 @@ impl Allocator {
         if segments.is_empty() {
             return Ok(0);
         }
-        // One bit per VLAN: marking what the path's links use costs far less
-        // than probing every link's set for every candidate VLAN.
-        let mut taken = [0u64; 4096 / 64];
-        for segment in segments {
-            for vlan in self
-                .transit_vlans
-                .get(&segment_link_id(segment))
-                .into_iter()
-                .flatten()
-            {
-                taken[usize::from(*vlan) / 64] |= 1 << (vlan % 64);
-            }
-        }
-        (MIN_TRANSIT_VLAN..=MAX_TRANSIT_VLAN)
-            .find(|vlan| taken[usize::from(*vlan) / 64] & (1 << (vlan % 64)) == 0)
+        let links: Vec<&IdSet> = segments
+            .iter()
+            .filter_map(|segment| self.transit_vlans.get(&segment_link_id(segment)))
+            .collect();
+        let range = u32::from(MIN_TRANSIT_VLAN)..=u32::from(MAX_TRANSIT_VLAN);
+        lowest_free(links.into_iter(), range)
+            .map(|vlan| u16::try_from(vlan).expect("a VLAN of the range"))
             .ok_or_else(|| AllocationError::Exhausted("transit vlan".into()))
     }
 
@@ -338,7 +334,7 @@ impl Allocator {
                 self.transit_vlans
                     .entry(segment_link_id(segment))
                     .or_default()
-                    .insert(vlan);
+                    .insert(u32::from(vlan));
             }
         }
         for endpoint in [&allocation.flow.source, &allocation.flow.destination] {

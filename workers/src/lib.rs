@@ -4,6 +4,7 @@
 //! stale-reply filtering, on `wfm.speaker-worker`).
 
 pub mod allocator;
+pub mod id_set;
 pub mod job;
 pub mod network;
 pub mod path;
