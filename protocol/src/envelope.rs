@@ -15,6 +15,8 @@ use serde::de::{DeserializeOwned, DeserializeSeed, MapAccess};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+mod split;
+
 /// Version of the envelope layout itself. A record with another version is
 /// dead-lettered rather than guessed at.
 pub const ENVELOPE_VERSION: u16 = 1;
@@ -79,15 +81,6 @@ pub enum ProtocolError {
 pub trait Message: Serialize + DeserializeOwned {}
 impl<T: Serialize + DeserializeOwned> Message for T {}
 
-/// A message as serde writes it, read back without parsing the payload.
-#[derive(Deserialize)]
-struct Tagged<'a> {
-    #[serde(borrow)]
-    kind: std::borrow::Cow<'a, str>,
-    #[serde(borrow, default)]
-    payload: Option<&'a RawValue>,
-}
-
 impl Envelope {
     /// Wraps `message` in a fresh envelope with a random message id.
     pub fn new<M: Message>(
@@ -97,22 +90,16 @@ impl Envelope {
     ) -> Result<Self, ProtocolError> {
         let unencodable =
             |reason: String| ProtocolError::Unencodable(std::any::type_name::<M>().into(), reason);
-        let json = serde_json::to_string(message).map_err(|e| unencodable(e.to_string()))?;
-        let tagged: Tagged<'_> = serde_json::from_str(&json)
-            .map_err(|e| unencodable(format!("not a kind/payload enum: {e}")))?;
-        let payload = match tagged.payload {
-            Some(payload) => payload.to_owned(),
-            None => null_payload(),
-        };
+        let (kind, payload) = split::split(message).map_err(|e| unencodable(e.to_string()))?;
         Ok(Self {
             version: ENVELOPE_VERSION,
             message_id: uuid::Uuid::now_v7().to_string(),
             correlation_id: correlation_id.to_owned(),
-            kind: tagged.kind.into_owned(),
+            kind,
             created_at: crate::now_ms(),
             deadline: None,
             source: source.to_owned(),
-            payload,
+            payload: payload.unwrap_or_else(null_payload),
         })
     }
 
@@ -269,6 +256,21 @@ mod tests {
         assert_eq!(envelope.payload_value(), serde_json::json!({ "n": 7 }));
         let text = String::from_utf8(envelope.encode()).unwrap();
         assert!(text.contains(r#""payload":{"n":7}"#), "{text}");
+    }
+
+    #[test]
+    fn only_kind_payload_enums_can_be_wrapped() {
+        #[derive(Serialize, Deserialize)]
+        enum Untagged {
+            Ping { n: u32 },
+        }
+        for error in [
+            Envelope::new(&7u32, "t", "c").unwrap_err(),
+            Envelope::new(&Untagged::Ping { n: 1 }, "t", "c").unwrap_err(),
+            Envelope::new(&serde_json::json!({ "kind": "x" }), "t", "c").unwrap_err(),
+        ] {
+            assert!(matches!(error, ProtocolError::Unencodable(..)), "{error:?}");
+        }
     }
 
     #[test]
