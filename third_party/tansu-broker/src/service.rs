@@ -17,8 +17,8 @@ use std::sync::Arc;
 use rama::Layer;
 use rsasl::config::SASLConfig;
 use tansu_service::{
-    BytesFrameLayer, BytesFrameService, FrameRouteService, TcpBytesLayer, TcpBytesService,
-    TcpContext, TcpContextLayer, TcpContextService,
+    FrameRouteService, TcpBytesLayer, TcpBytesService, TcpContext, TcpContextLayer,
+    TcpContextService,
 };
 use tansu_storage::Storage;
 use tracing::debug;
@@ -28,10 +28,13 @@ use crate::{Error, Result, coordinator::group::Coordinator};
 pub mod auth;
 pub mod coordinator;
 pub mod fetch_wait;
+pub mod inline_frame;
 pub mod storage;
 
-type TcpRouteFrame =
-    TcpContextService<TcpBytesService<BytesFrameService<FrameRouteService<(), Error>>, ()>>;
+// wfm patch: frames are coded by `inline_frame`, not on tokio's blocking pool.
+type TcpRouteFrame = TcpContextService<
+    TcpBytesService<inline_frame::FrameService<FrameRouteService<(), Error>>, ()>,
+>;
 
 pub fn services<C, S>(
     cluster_id: &str,
@@ -55,7 +58,7 @@ where
             (
                 TcpContextLayer::new(TcpContext::default().cluster_id(Some(cluster_id.into()))),
                 TcpBytesLayer::default(),
-                BytesFrameLayer::default().with_sasl_config(sasl_config),
+                inline_frame::FrameLayer::with_sasl_config(sasl_config),
             )
                 .into_layer(route)
         })
