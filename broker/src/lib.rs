@@ -12,6 +12,8 @@ use tracing::{error, info};
 use url::Url;
 
 mod group;
+mod memory_log;
+mod records;
 mod store;
 
 use group::GroupCoordinator;

@@ -12,10 +12,10 @@
 //! Two of tansu's quirks are not reproduced: a fetch from an offset inside a
 //! batch returns that batch (as Kafka does; tansu returned only later batches),
 //! and the latest offset is the high watermark (tansu answered the last
-//! batch's base offset + 1).
+//! batch's base offset + 1). The log also drops records no reader needs any
+//! more (see `memory_log`), which tansu's memory engine never did.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -32,13 +32,15 @@ use tansu_sans_io::{
     IsolationLevel, ListOffset, ScramMechanism,
 };
 use tansu_storage::{
-    BrokerRegistrationRequest, Error, GroupDetail, ListOffsetResponse, MetadataResponse,
-    NamedGroupDetail, OffsetCommitRequest, OffsetStage, ProducerIdResponse, Result,
-    ScramCredential, Storage, StorageContainer, TopicId, Topition, TxnAddPartitionsRequest,
-    TxnAddPartitionsResponse, TxnOffsetCommitRequest, UpdateError, Version,
+    BrokerRegistrationRequest, GroupDetail, ListOffsetResponse, MetadataResponse, NamedGroupDetail,
+    OffsetCommitRequest, OffsetStage, ProducerIdResponse, Result, ScramCredential, Storage,
+    StorageContainer, TopicId, Topition, TxnAddPartitionsRequest, TxnAddPartitionsResponse,
+    TxnOffsetCommitRequest, UpdateError, Version,
 };
 use url::Url;
 use uuid::Uuid;
+
+use crate::memory_log::{MemoryLog, TopicPolicy};
 
 /// tansu's storage, with the record log in memory when `memory` is set.
 #[derive(Clone, Debug)]
@@ -81,140 +83,6 @@ impl Store {
     }
 }
 
-/// Record batches by partition, each with its offset assigned.
-#[derive(Debug, Default)]
-struct MemoryLog {
-    partitions: Mutex<HashMap<Topition, Partition>>,
-    /// tansu answers metadata from its object store; it only changes when a
-    /// topic is created or deleted or a broker registers, which go through here.
-    metadata: Mutex<HashMap<Option<Vec<TopicId>>, MetadataResponse>>,
-}
-
-#[derive(Debug, Default)]
-struct Partition {
-    /// In offset order, without gaps.
-    batches: Vec<deflated::Batch>,
-    high_watermark: i64,
-    /// Idempotent producers: producer id → (epoch, next expected sequence).
-    sequences: HashMap<i64, (i16, i32)>,
-}
-
-impl Partition {
-    fn append(&mut self, mut batch: deflated::Batch) -> Result<i64> {
-        if batch.is_idempotent() {
-            self.check_sequence(&batch)?;
-        }
-        let base_offset = self.high_watermark;
-        batch.base_offset = base_offset;
-        self.high_watermark += i64::from(batch.last_offset_delta) + 1;
-        self.batches.push(batch);
-        Ok(base_offset)
-    }
-
-    /// Kafka's rules for an idempotent producer: a resent batch is a
-    /// duplicate (which the client takes as success), a gap is an error, and
-    /// an older epoch has been fenced.
-    fn check_sequence(&mut self, batch: &deflated::Batch) -> Result<()> {
-        let next = batch.base_sequence + batch.last_offset_delta + 1;
-        match self.sequences.get(&batch.producer_id).copied() {
-            Some((epoch, _)) if batch.producer_epoch < epoch => {
-                Err(Error::Api(ErrorCode::ProducerFenced))
-            }
-            Some((epoch, expected)) if batch.producer_epoch == epoch => {
-                match batch.base_sequence.cmp(&expected) {
-                    std::cmp::Ordering::Less => Err(Error::Api(ErrorCode::DuplicateSequenceNumber)),
-                    std::cmp::Ordering::Greater => {
-                        Err(Error::Api(ErrorCode::OutOfOrderSequenceNumber))
-                    }
-                    std::cmp::Ordering::Equal => {
-                        self.sequences
-                            .insert(batch.producer_id, (batch.producer_epoch, next));
-                        Ok(())
-                    }
-                }
-            }
-            _ => {
-                self.sequences
-                    .insert(batch.producer_id, (batch.producer_epoch, next));
-                Ok(())
-            }
-        }
-    }
-
-    /// The batch holding `offset` and those after it, until `max_bytes` is
-    /// reached (the batch that reaches it included, so a first batch larger
-    /// than `max_bytes` is still returned).
-    ///
-    /// tansu's fetch service calls again from `offset` + the records returned
-    /// until it gets nothing or `max_bytes` is used up. When `offset` is inside
-    /// the first batch that sum overshoots the next batch's start, so a reply
-    /// cut short by `max_bytes` must use all of it: then the service stops.
-    fn read(&self, offset: i64, max_bytes: u32) -> Vec<deflated::Batch> {
-        if offset < 0 || offset >= self.high_watermark {
-            return Vec::new();
-        }
-        let first = self
-            .batches
-            .partition_point(|b| b.base_offset + i64::from(b.last_offset_delta) < offset);
-        let mut bytes = 0u64;
-        let mut batches = Vec::new();
-        for batch in &self.batches[first..] {
-            batches.push(batch.clone());
-            // The batch as sent: base offset and length, then `batch_length` bytes.
-            bytes += 12 + u64::try_from(batch.batch_length).unwrap_or(0);
-            if bytes >= u64::from(max_bytes) {
-                break;
-            }
-        }
-        batches
-    }
-
-    /// The offset of the first batch written at or after `at`, else the high watermark.
-    fn offset_at(&self, at: SystemTime) -> i64 {
-        let at_ms = at
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-        self.batches
-            .iter()
-            .find(|b| b.max_timestamp >= at_ms)
-            .map_or(self.high_watermark, |b| b.base_offset)
-    }
-
-    fn stage(&self) -> OffsetStage {
-        offset_stage(self.high_watermark)
-    }
-}
-
-/// tansu keeps `OffsetStage`'s fields private; it can only be deserialized.
-fn offset_stage(high_watermark: i64) -> OffsetStage {
-    serde_json::from_value(serde_json::json!({
-        "last_stable": high_watermark,
-        "high_watermark": high_watermark,
-        "log_start": 0,
-    }))
-    .expect("an OffsetStage deserializes from its three fields")
-}
-
-impl MemoryLog {
-    fn with<T>(&self, topition: &Topition, f: impl FnOnce(&mut Partition) -> T) -> Result<T> {
-        let mut partitions = self
-            .partitions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let partition = partitions
-            .get_mut(topition)
-            .ok_or(Error::Api(ErrorCode::UnknownTopicOrPartition))?;
-        Ok(f(partition))
-    }
-
-    fn topics_changed(&self) {
-        self.metadata
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
-    }
-}
-
 #[async_trait]
 impl Storage for Store {
     async fn register_broker(&self, broker_registration: BrokerRegistrationRequest) -> Result<()> {
@@ -228,17 +96,11 @@ impl Storage for Store {
 
     async fn create_topic(&self, topic: CreatableTopic, validate_only: bool) -> Result<Uuid> {
         let name = TopicId::Name(topic.name.clone());
+        let policy = policy_of(&topic);
         let id = self.tansu.create_topic(topic, validate_only).await?;
         if let (Some(memory), false) = (&self.memory, validate_only) {
             memory.topics_changed();
-            let created = self.partitions_of(&name).await?;
-            let mut partitions = memory
-                .partitions
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            for topition in created {
-                partitions.entry(topition).or_default();
-            }
+            memory.create(self.partitions_of(&name).await?, policy);
         }
         Ok(id)
     }
@@ -265,13 +127,7 @@ impl Storage for Store {
         let outcome = self.tansu.delete_topic(topic).await?;
         memory.topics_changed();
         if outcome == ErrorCode::None {
-            let mut partitions = memory
-                .partitions
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            for topition in &doomed {
-                partitions.remove(topition);
-            }
+            memory.delete(&doomed);
         }
         Ok(outcome)
     }
@@ -332,7 +188,7 @@ impl Storage for Store {
             .iter()
             .map(|(topition, request)| {
                 let offset = memory.with(topition, |partition| match request {
-                    ListOffset::Earliest => 0,
+                    ListOffset::Earliest => partition.log_start(),
                     ListOffset::Latest => partition.high_watermark,
                     ListOffset::Timestamp(at) => partition.offset_at(*at),
                 })?;
@@ -354,9 +210,18 @@ impl Storage for Store {
         retention_time_ms: Option<Duration>,
         offsets: &[(Topition, OffsetCommitRequest)],
     ) -> Result<Vec<(Topition, ErrorCode)>> {
-        self.tansu
+        let outcome = self
+            .tansu
             .offset_commit(group_id, retention_time_ms, offsets)
-            .await
+            .await?;
+        if let Some(memory) = &self.memory {
+            for ((topition, request), (_, code)) in offsets.iter().zip(&outcome) {
+                if let (ErrorCode::None, Some(offset)) = (code, committed_offset(request)) {
+                    memory.committed(group_id, topition, offset);
+                }
+            }
+        }
+        Ok(outcome)
     }
 
     async fn offset_fetch(
@@ -445,7 +310,16 @@ impl Storage for Store {
         &self,
         group_ids: Option<&[String]>,
     ) -> Result<Vec<DeletableGroupResult>> {
-        self.tansu.delete_groups(group_ids).await
+        let outcome = self.tansu.delete_groups(group_ids).await?;
+        if let Some(memory) = &self.memory {
+            let deleted: Vec<String> = outcome
+                .iter()
+                .filter(|group| group.error_code == i16::from(ErrorCode::None))
+                .map(|group| group.group_id.clone())
+                .collect();
+            memory.groups_deleted(&deleted);
+        }
+        Ok(outcome)
     }
 
     async fn describe_groups(
@@ -554,116 +428,26 @@ impl Storage for Store {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A batch of `records` records, `bytes` long on the wire.
-    fn batch(records: i32, bytes: i32) -> deflated::Batch {
-        deflated::Batch {
-            last_offset_delta: records - 1,
-            record_count: u32::try_from(records).unwrap(),
-            batch_length: bytes - 12,
-            producer_id: -1,
-            base_sequence: -1,
-            ..Default::default()
-        }
+/// What a new topic's configuration says about dropping its records.
+fn policy_of(topic: &CreatableTopic) -> TopicPolicy {
+    let config = |name: &str| {
+        topic
+            .configs
+            .iter()
+            .flatten()
+            .find(|config| config.name == name)
+            .and_then(|config| config.value.as_deref())
+    };
+    TopicPolicy {
+        compacted: config("cleanup.policy")
+            .is_some_and(|policy| policy.split(',').any(|p| p.trim() == "compact")),
+        retention_ms: config("retention.ms")
+            .and_then(|ms| ms.parse().ok())
+            .filter(|ms: &i64| *ms >= 0),
     }
+}
 
-    fn idempotent(producer_id: i64, epoch: i16, sequence: i32, records: i32) -> deflated::Batch {
-        deflated::Batch {
-            producer_id,
-            producer_epoch: epoch,
-            base_sequence: sequence,
-            ..batch(records, 100)
-        }
-    }
-
-    fn bases(batches: &[deflated::Batch]) -> Vec<i64> {
-        batches.iter().map(|b| b.base_offset).collect()
-    }
-
-    #[test]
-    fn batches_get_consecutive_offsets() {
-        let mut partition = Partition::default();
-        assert_eq!(partition.append(batch(3, 100)).unwrap(), 0);
-        assert_eq!(partition.append(batch(1, 100)).unwrap(), 3);
-        assert_eq!(partition.append(batch(2, 100)).unwrap(), 4);
-        assert_eq!(partition.high_watermark, 6);
-        assert_eq!(partition.stage().high_watermark(), 6);
-        assert_eq!(partition.stage().last_stable(), 6);
-        assert_eq!(partition.stage().log_start(), 0);
-    }
-
-    #[test]
-    fn a_read_inside_a_batch_starts_with_that_batch() {
-        let mut partition = Partition::default();
-        for records in [3, 1, 2] {
-            partition.append(batch(records, 100)).unwrap();
-        }
-        assert_eq!(bases(&partition.read(0, u32::MAX)), [0, 3, 4]);
-        assert_eq!(bases(&partition.read(2, u32::MAX)), [0, 3, 4]);
-        assert_eq!(bases(&partition.read(3, u32::MAX)), [3, 4]);
-        assert_eq!(bases(&partition.read(5, u32::MAX)), [4]);
-        assert!(partition.read(6, u32::MAX).is_empty());
-        assert!(partition.read(-1, u32::MAX).is_empty());
-    }
-
-    #[test]
-    fn a_read_stops_at_the_batch_that_fills_max_bytes() {
-        let mut partition = Partition::default();
-        for _ in 0..5 {
-            partition.append(batch(1, 100)).unwrap();
-        }
-        assert_eq!(bases(&partition.read(0, 250)), [0, 1, 2]);
-        assert_eq!(bases(&partition.read(0, 200)), [0, 1]);
-        // A first batch larger than the limit is still returned.
-        assert_eq!(bases(&partition.read(4, 10)), [4]);
-    }
-
-    #[test]
-    fn idempotent_producers_follow_kafkas_sequence_rules() {
-        let mut partition = Partition::default();
-        partition.append(idempotent(7, 0, 0, 2)).unwrap();
-        partition.append(idempotent(7, 0, 2, 1)).unwrap();
-        let code = |result: Result<i64>| match result {
-            Err(Error::Api(code)) => code,
-            other => panic!("expected an API error, got {other:?}"),
-        };
-        assert_eq!(
-            code(partition.append(idempotent(7, 0, 2, 1))),
-            ErrorCode::DuplicateSequenceNumber
-        );
-        assert_eq!(
-            code(partition.append(idempotent(7, 0, 5, 1))),
-            ErrorCode::OutOfOrderSequenceNumber
-        );
-        // A new epoch starts over; the old one is fenced from then on.
-        partition.append(idempotent(7, 1, 0, 1)).unwrap();
-        assert_eq!(
-            code(partition.append(idempotent(7, 0, 3, 1))),
-            ErrorCode::ProducerFenced
-        );
-        // Another producer has its own sequence.
-        partition.append(idempotent(8, 0, 0, 1)).unwrap();
-        assert_eq!(partition.high_watermark, 5);
-    }
-
-    #[test]
-    fn offsets_by_time_find_the_first_batch_written_then() {
-        let mut partition = Partition::default();
-        for at in [1_000, 2_000, 3_000] {
-            partition
-                .append(deflated::Batch {
-                    max_timestamp: at,
-                    ..batch(2, 100)
-                })
-                .unwrap();
-        }
-        let at = |ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
-        assert_eq!(partition.offset_at(at(0)), 0);
-        assert_eq!(partition.offset_at(at(1_500)), 2);
-        assert_eq!(partition.offset_at(at(3_000)), 4);
-        assert_eq!(partition.offset_at(at(9_000)), 6);
-    }
+/// tansu keeps `OffsetCommitRequest`'s fields private; it serializes them.
+fn committed_offset(request: &OffsetCommitRequest) -> Option<i64> {
+    serde_json::to_value(request).ok()?.get("offset")?.as_i64()
 }

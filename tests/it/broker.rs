@@ -1,9 +1,13 @@
 //! The embedded broker: topics provisioned at start, durable storage that
-//! survives a SIGKILL, a clear error for a topic layout that differs or an
-//! address in use, and components that stop even when it is gone.
+//! survives a SIGKILL, an in-memory log that drops only what no reader
+//! needs, a clear error for a topic layout that differs or an address in
+//! use, and components that stop even when it is gone.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
 use wfm_protocol::{Envelope, Topic, Topics};
 use wfm_runtime::{KafkaConfig, Outgoing, Producer};
 
@@ -70,6 +74,113 @@ async fn durable_broker_keeps_topics_and_records_across_a_kill() {
     assert!(records[0].partition >= 0);
     assert_eq!(records[0].envelope().unwrap(), envelope);
     let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+/// (low, high) watermarks of partition 0 of `topic`.
+async fn watermarks(kafka: &KafkaConfig, topic: &str) -> (i64, i64) {
+    let consumer: BaseConsumer = wfm_runtime::producer::reader_config(kafka, "test-watermarks")
+        .create()
+        .unwrap();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        consumer
+            .fetch_watermarks(&topic, 0, Duration::from_secs(10))
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// `count` records of about 8 KB on partition 0 of `topic`, keyed in turn by `keys`.
+async fn fill(kafka: &KafkaConfig, topic: &str, keys: &[&str], count: usize) {
+    let producer = Producer::new(kafka).unwrap();
+    let padding = "x".repeat(8_000);
+    for chunk in (0..count).collect::<Vec<_>>().chunks(500) {
+        let records: Vec<Outgoing> = chunk
+            .iter()
+            .map(|n| {
+                let note = Note::Note {
+                    text: format!("{n} {padding}"),
+                };
+                let envelope = Envelope::new(&note, "test", "c").unwrap();
+                Outgoing::envelope(topic, keys[n % keys.len()], &envelope).to_partition(0)
+            })
+            .collect();
+        producer.send_all(&records).await.unwrap();
+    }
+}
+
+fn note_number(record: &crate::harness::Record) -> usize {
+    let Note::Note { text } = record.envelope().unwrap().open().unwrap();
+    text.split(' ').next().unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ephemeral_log_drops_only_what_no_reader_needs() {
+    let broker = TestBroker::start().await;
+    let kafka = &broker.kafka;
+    // 6,000 records of 8 KB each: three times what a partition keeps of dead records.
+    let count = 6_000;
+
+    // Compacted: superseded records go, the latest of every key stays.
+    let changelog = broker.topic(Topic::HubState);
+    let keys = ["a", "b", "c"];
+    fill(kafka, &changelog, &keys, count).await;
+    let (low, high) = watermarks(kafka, &changelog).await;
+    assert_eq!(high, count as i64);
+    let kept = read_topic(kafka, &changelog, Duration::from_secs(20), |r| {
+        r.last().is_some_and(|last| last.offset == high - 1)
+    })
+    .await;
+    assert!(
+        kept.len() < count / 2,
+        "{} of {count} superseded records kept",
+        kept.len()
+    );
+    let latest: HashMap<String, usize> = kept
+        .iter()
+        .map(|r| (r.key.clone().unwrap(), note_number(r)))
+        .collect();
+    // The last record written with each key.
+    let expected: HashMap<String, usize> = (0..count)
+        .map(|n| (keys[n % keys.len()].to_owned(), n))
+        .collect();
+    assert_eq!(latest, expected);
+    assert!(low > 0, "the log start moved past the dropped records");
+
+    // Nobody commits on the history: every record stays.
+    let history = broker.topic(Topic::History);
+    fill(kafka, &history, &["flow"], count).await;
+    assert_eq!(watermarks(kafka, &history).await, (0, count as i64));
+
+    // A delete-policy topic keeps what a committing group has not read.
+    let inbox = broker.topic(Topic::Coordinator);
+    fill(kafka, &inbox, &["k"], count).await;
+    let mut config = wfm_runtime::producer::client_config(kafka, &Default::default());
+    config
+        .set("group.id", "test-retention")
+        .set("enable.auto.commit", "false");
+    let group: BaseConsumer = config.create().unwrap();
+    let commit = |offset: i64| {
+        let mut offsets = TopicPartitionList::new();
+        offsets
+            .add_partition_offset(&inbox, 0, Offset::Offset(offset))
+            .unwrap();
+        group.commit(&offsets, CommitMode::Sync).unwrap();
+    };
+    commit(100);
+    assert_eq!(
+        watermarks(kafka, &inbox).await.0,
+        0,
+        "100 read records are within what the tools keep"
+    );
+    commit(count as i64);
+    let (low, high) = watermarks(kafka, &inbox).await;
+    assert_eq!(high, count as i64);
+    assert!(
+        low >= (count / 2) as i64,
+        "read records dropped down to the tools' share: low {low}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
