@@ -73,6 +73,16 @@ impl Topic {
         )
     }
 
+    /// How long the broker keeps records regardless of readers
+    /// (`retention.ms`); `None` keeps them as the broker's default does.
+    /// Replies are read within a request's timeout, never later.
+    pub fn retention_ms(self) -> Option<i64> {
+        match self {
+            Topic::Northbound => Some(10 * 60 * 1000),
+            _ => None,
+        }
+    }
+
     /// The changelog that a component owning this inbox writes its state to.
     /// A changelog has the inbox's partition count, and the state of inbox
     /// partition `p` lives in changelog partition `p`, so whoever owns `p`

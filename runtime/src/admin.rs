@@ -112,10 +112,15 @@ pub async fn ensure_topics(kafka: &KafkaConfig) -> Result<Vec<TopicStatus>, Prov
                 topic: "*".into(),
                 reason: e.to_string(),
             })?;
+        let retention: Vec<Option<String>> = missing
+            .iter()
+            .map(|(topic, _, _)| topic.retention_ms().map(|ms| ms.to_string()))
+            .collect();
         let new_topics: Vec<NewTopic<'_>> = missing
             .iter()
-            .map(|(topic, name, partitions)| {
-                NewTopic::new(
+            .zip(&retention)
+            .map(|((topic, name, partitions), retention_ms)| {
+                let new_topic = NewTopic::new(
                     name,
                     *partitions,
                     TopicReplication::Fixed(kafka.replication_factor),
@@ -127,7 +132,11 @@ pub async fn ensure_topics(kafka: &KafkaConfig) -> Result<Vec<TopicStatus>, Prov
                     } else {
                         "delete"
                     },
-                )
+                );
+                match retention_ms {
+                    Some(ms) => new_topic.set("retention.ms", ms),
+                    None => new_topic,
+                }
             })
             .collect();
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
