@@ -61,7 +61,8 @@ pub struct SpeakerConfig {
     pub max_backoff_ms: u64,
     /// A command unanswered for this long is retried (or failed).
     pub command_timeout_ms: u64,
-    /// How long a completed job's result is kept for duplicate deliveries.
+    /// How long past its deadline a completed job's result is kept for
+    /// duplicate deliveries (later ones fail at once, running nothing).
     pub completed_retention_ms: u64,
 }
 
@@ -73,7 +74,7 @@ impl Default for SpeakerConfig {
             initial_backoff_ms: 100,
             max_backoff_ms: 2_000,
             command_timeout_ms: 3_000,
-            completed_retention_ms: 600_000,
+            completed_retention_ms: 10_000,
         }
     }
 }

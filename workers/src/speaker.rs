@@ -48,7 +48,11 @@ pub enum SpeakerState {
 #[derive(Debug, Clone, Copy)]
 pub struct SpeakerSettings {
     pub policy: RetryPolicy,
-    /// How long a completed job is kept to answer a duplicate delivery with its result.
+    /// How long past its deadline a completed job is kept to answer a
+    /// duplicate delivery with its result. A duplicate that comes later is
+    /// past the deadline, so it fails at once without sending a command:
+    /// keeping the job longer would only cost memory (at 1,000 creates a
+    /// second, ten minutes of jobs were gigabytes).
     pub completed_retention: Duration,
 }
 
@@ -86,7 +90,10 @@ impl SpeakerHandler {
     /// When the job next needs a tick: a retry, its deadline, or its expiry once completed.
     fn due(&self, state: &JobState) -> Option<i64> {
         match state.completed_at {
-            Some(at) => Some(at.saturating_add(millis(self.settings.completed_retention))),
+            Some(at) => Some(
+                at.max(state.job.deadline)
+                    .saturating_add(millis(self.settings.completed_retention)),
+            ),
             None => state.next_tick(),
         }
     }
@@ -412,5 +419,48 @@ impl Handler for SpeakerHandler {
             outputs.extend(self.commit(state, tracked.partition, tracked.taken_at, effects)?);
         }
         Ok(outputs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wfm_protocol::resources::ReplyTo;
+    use wfm_protocol::speaker::SpeakerJob;
+
+    fn handler(retention_ms: u64) -> SpeakerHandler {
+        let settings = SpeakerSettings {
+            policy: crate::SpeakerConfig::default().settings().policy,
+            completed_retention: Duration::from_millis(retention_ms),
+        };
+        SpeakerHandler::new(Topics::default(), settings, SpeakerStats::default())
+    }
+
+    /// A job of no operations: it completes as soon as it is taken, at `now`.
+    fn completed(deadline: i64, now: i64) -> JobState {
+        let job = SpeakerJob {
+            job_id: "job-1".into(),
+            flow_id: "flow-1".into(),
+            request_id: "req-1".into(),
+            operations: Vec::new(),
+            reply_to: ReplyTo {
+                topic: "wfm.hub".into(),
+                key: "flow-1".into(),
+            },
+            deadline,
+        };
+        let policy = crate::SpeakerConfig::default().settings().policy;
+        let (state, _) = JobState::start(job, "c", &policy, now);
+        assert_eq!(state.completed_at, Some(now));
+        state
+    }
+
+    #[test]
+    fn a_completed_job_is_kept_until_the_retention_past_its_deadline() {
+        let handler = handler(10_000);
+        // Completed early: a duplicate may still come, and would run, until the deadline.
+        assert_eq!(handler.due(&completed(50_000, 1_000)), Some(60_000));
+        // Completed late (its deadline had passed): kept from its completion.
+        assert_eq!(handler.due(&completed(50_000, 70_000)), Some(80_000));
     }
 }
