@@ -149,8 +149,3 @@ async fn publish(service: &Service, topology: &Topology) -> anyhow::Result<()> {
     info!(records = records.len(), %topic, "topology published");
     Ok(())
 }
-
-/// Publishes the topology, then serves until shutdown.
-pub async fn run(service: Service, config: SimulatorConfig) -> anyhow::Result<()> {
-    Simulator::start(service, config).await?.serve().await
-}

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 use wfm_broker::{EmbeddedBroker, Storage};
 use wfm_hub::HubInspector;
 use wfm_runtime::{Registry, Service};
@@ -191,13 +191,34 @@ pub async fn up(config: Config, args: &BrokerArgs) -> anyhow::Result<()> {
     let coordinator_service = service.clone();
     components.spawn(async move { ("coordinator", coordinator.run(coordinator_service).await) });
     super::hub::spawn(&mut components, &cluster.config, &service, inspector);
-    super::northbound::spawn(&mut components, &cluster.config, &service, sources);
+    // The topology is published before the northbound starts, so that its
+    // view of the switches is complete once it has read to the end.
     let simulator = super::simulator::from_env(&cluster.config)?;
-    let simulator_service = service.clone();
-    components.spawn(async move {
-        let result = wfm_simulators::run(simulator_service, simulator).await;
-        ("simulator", result)
-    });
+    let simulator = wfm_simulators::Simulator::start(service.clone(), simulator).await?;
+    components.spawn(async move { ("simulator", simulator.serve().await) });
+    super::northbound::spawn(&mut components, &cluster.config, &service, sources);
+    // `wfm ready` promises that a request can be served: a create sent the
+    // moment it is printed must not meet an API whose views are still empty.
+    let api = cluster.config.northbound.http_addr;
+    if !api_ready(api, Duration::from_secs(60)).await {
+        warn!(%api, "the REST API is not ready after 60 s; see GET /ready");
+    }
     cluster.announce_ready();
     supervise(components, shutdown).await
+}
+
+/// Polls `GET /ready` of the REST API at `addr` until it answers 200.
+async fn api_ready(addr: std::net::SocketAddr, patience: Duration) -> bool {
+    let http = reqwest::Client::new();
+    let url = format!("http://{addr}/ready");
+    let deadline = tokio::time::Instant::now() + patience;
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(response) = http.get(&url).send().await {
+            if response.status().is_success() {
+                return true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
 }

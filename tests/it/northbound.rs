@@ -8,7 +8,7 @@ use reqwest::{Client, Method, Response, StatusCode};
 use serde_json::{json, Value};
 use wfm_protocol::Topic;
 
-use crate::harness::{free_port, read_topic, WfmProcess};
+use crate::harness::{free_port, read_topic, TestBroker, WfmProcess};
 use crate::system::{System, TEST_CONFIG};
 
 const SETTLE: Duration = Duration::from_secs(60);
@@ -175,6 +175,40 @@ async fn hub_correlation_ids(system: &System) -> HashSet<String> {
     .filter_map(|r| r.envelope())
     .map(|e| e.correlation_id)
     .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wfm_up_serves_a_create_the_moment_it_says_ready() {
+    let broker = TestBroker::start().await;
+    let http = format!("127.0.0.1:{}", free_port());
+    let simulator = format!("127.0.0.1:{}", free_port());
+    // Spawning returns once `wfm ready` is printed.
+    let _system = WfmProcess::spawn_with_env(
+        &["up", "--http-addr", &http],
+        Some(&broker.kafka),
+        &[("WFM_SIMULATOR_ADDR", &simulator)],
+    )
+    .await;
+    let http_client = Client::new();
+    let switches: Value = http_client
+        .get(format!("http://{http}/v2/switches"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(switches.as_array().map(Vec::len), Some(6), "{switches}");
+    let response = http_client
+        .post(format!("http://{http}/v2/flows"))
+        .json(&flow_body("at-once", (1, 1, 10), (3, 1, 10)))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "IN_PROGRESS", "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
