@@ -184,6 +184,66 @@ async fn the_ephemeral_log_drops_only_what_no_reader_needs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_system_runs_on_the_durable_broker() {
+    let data_dir = std::env::temp_dir().join(format!("wfm-durable-{}", rand::random::<u64>()));
+    let broker = format!("127.0.0.1:{}", free_port());
+    let http = format!("127.0.0.1:{}", free_port());
+    let simulator = format!("127.0.0.1:{}", free_port());
+    let data = data_dir.to_str().unwrap();
+    let _system = WfmProcess::spawn_with_env(
+        &[
+            "up",
+            "--broker-addr",
+            &broker,
+            "--data-dir",
+            data,
+            "--http-addr",
+            &http,
+        ],
+        None,
+        &[("WFM_SIMULATOR_ADDR", &simulator)],
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let flow = serde_json::json!({
+        "flow_id": "durable-1",
+        "source": { "switch_id": wfm_protocol::topology::switch_id(1), "port_number": 1, "vlan_id": 10 },
+        "destination": { "switch_id": wfm_protocol::topology::switch_id(3), "port_number": 1, "vlan_id": 10 },
+        "maximum_bandwidth": 1000,
+    });
+    let created = client
+        .post(format!("http://{http}/v2/flows"))
+        .json(&flow)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        created.status(),
+        reqwest::StatusCode::OK,
+        "{}",
+        created.text().await.unwrap()
+    );
+    let mut status = String::new();
+    for _ in 0..600 {
+        let flow: serde_json::Value = client
+            .get(format!("http://{http}/v2/flows/durable-1"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        status = flow["status"].as_str().unwrap_or_default().to_owned();
+        if status == "UP" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, "UP");
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_count_mismatch_is_reported_clearly() {
     let broker = TestBroker::start().await;
     let mut kafka = broker.kafka.clone();

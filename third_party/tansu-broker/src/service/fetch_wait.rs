@@ -230,22 +230,26 @@ async fn fetch_partition<G: Storage>(
     let mut batches = Vec::new();
     let mut offset = partition.fetch_offset;
     while *budget > 0 {
-        let fetched = ctx
+        let fetched: Vec<_> = ctx
             .state()
             .fetch(topition, offset, min_bytes, *budget, isolation)
-            .await?;
+            .await?
+            .into_iter()
+            // tansu's SQLite engine answers "nothing there" with an empty batch.
+            .filter(|batch| batch.record_count > 0)
+            .collect();
         let Some(last) = fetched.last() else {
             break;
         };
         // Past the last offset served, whatever records are missing before it.
         let next = last.base_offset + i64::from(last.last_offset_delta) + 1;
+        let bytes: usize = fetched.iter().map(|batch| batch.record_data.len()).sum();
+        *budget = budget.saturating_sub(u32::try_from(bytes).unwrap_or(u32::MAX));
+        batches.extend(fetched);
         if next <= offset {
             break;
         }
         offset = next;
-        let bytes: usize = fetched.iter().map(|batch| batch.record_data.len()).sum();
-        *budget = budget.saturating_sub(u32::try_from(bytes).unwrap_or(u32::MAX));
-        batches.extend(fetched);
     }
     let stage = ctx.state().offset_stage(topition).await?;
     Ok(PartitionData::default()
