@@ -11,7 +11,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use wfm_protocol::{Envelope, Topic, Topics};
 use wfm_runtime::{KafkaConfig, Outgoing, Producer};
 
-use crate::harness::{free_port, read_topic, TestBroker, WfmProcess, WFM};
+use crate::harness::{free_port, get_json, read_topic, TestBroker, WfmProcess, WFM};
 
 fn kafka_at(addr: &str) -> KafkaConfig {
     let mut kafka = KafkaConfig {
@@ -225,14 +225,7 @@ async fn the_whole_system_runs_on_the_durable_broker() {
     );
     let mut status = String::new();
     for _ in 0..600 {
-        let flow: serde_json::Value = client
-            .get(format!("http://{http}/v2/flows/durable-1"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let flow = get_json(&client, &format!("http://{http}/v2/flows/durable-1")).await;
         status = flow["status"].as_str().unwrap_or_default().to_owned();
         if status == "UP" {
             break;

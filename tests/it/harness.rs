@@ -191,6 +191,18 @@ pub async fn read_topic(
     records
 }
 
+/// The JSON body of `GET url`.
+pub async fn get_json(client: &reqwest::Client, url: &str) -> serde_json::Value {
+    client
+        .get(url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: not JSON: {e}"))
+}
+
 /// Polls `check` every 50 ms until it holds or `timeout` passes.
 pub async fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + timeout;

@@ -8,7 +8,7 @@ use reqwest::{Client, Method, Response, StatusCode};
 use serde_json::{json, Value};
 use wfm_protocol::Topic;
 
-use crate::harness::{free_port, read_topic, TestBroker, WfmProcess};
+use crate::harness::{free_port, get_json, read_topic, TestBroker, WfmProcess};
 use crate::system::{System, TEST_CONFIG};
 
 const SETTLE: Duration = Duration::from_secs(60);
@@ -190,14 +190,7 @@ async fn wfm_up_serves_a_create_the_moment_it_says_ready() {
     )
     .await;
     let http_client = Client::new();
-    let switches: Value = http_client
-        .get(format!("http://{http}/v2/switches"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let switches = get_json(&http_client, &format!("http://{http}/v2/switches")).await;
     assert_eq!(switches.as_array().map(Vec::len), Some(6), "{switches}");
     let response = http_client
         .post(format!("http://{http}/v2/flows"))
