@@ -21,6 +21,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message as _;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
+use tokio::sync::oneshot;
 use wfm_protocol::flow::{FlowEndpoint, FlowStatus, FlowsMessage};
 use wfm_protocol::history::{HistoryEvent, HistoryMessage};
 use wfm_protocol::{Envelope, Topic};
@@ -41,7 +42,9 @@ pub struct BenchArgs {
     /// Flows to create (then delete).
     #[arg(long, default_value_t = 1000)]
     pub flows: usize,
-    /// Requests in flight at once.
+    /// Requests in flight at once, end to end: a request holds its slot until
+    /// its flow reaches a terminal state (or its call fails), so that
+    /// `--concurrency 1` measures one request alone in the system.
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
     /// Hop-floor samples.
@@ -188,8 +191,8 @@ fn flow_body(i: usize, flow_id: &str, bandwidth: u64) -> serde_json::Value {
     })
 }
 
-/// Sends every request with bounded concurrency and waits for each flow to
-/// reach its terminal state as seen on `wfm.flows`.
+/// Sends every request, at most `args.concurrency` in flight, each until its
+/// flow reaches its terminal state as seen on `wfm.flows`.
 async fn phase(
     name: &str,
     ids: &[String],
@@ -215,29 +218,16 @@ async fn phase(
                 match outcome {
                     None => {
                         sent.lock().unwrap().insert(flow_id.clone(), at);
+                        watcher.sighting(flow_id, at + args.timeout).await;
                     }
-                    Some(error) => {
-                        *errors.lock().unwrap().entry(error).or_default() += 1;
-                        progress.inc(1);
-                    }
+                    Some(error) => *errors.lock().unwrap().entry(error).or_default() += 1,
                 }
+                progress.inc(1);
             }
         })
         .await;
     let sent = sent.into_inner().unwrap();
-    let deadline = Instant::now() + args.timeout;
     let deleting = name == "delete";
-    loop {
-        let done = sent
-            .keys()
-            .filter(|id| watcher.finished(id, deleting).is_some())
-            .count();
-        progress.set_position((done + ids.len() - sent.len()) as u64);
-        if done == sent.len() || Instant::now() >= deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     progress.finish_and_clear();
     let elapsed = started.elapsed();
     let mut errors = errors.into_inner().unwrap();
@@ -284,20 +274,25 @@ fn progress_bar(name: &str, total: usize) -> ProgressBar {
     bar
 }
 
-/// Per flow: its first terminal status seen (`None`: deleted) and when.
-type Sightings = Arc<Mutex<HashMap<String, (Option<FlowStatus>, Instant)>>>;
+/// Per flow: its first terminal status seen (`None`: deleted) and when; and
+/// the request waiting for it, if any.
+#[derive(Default)]
+struct Sightings {
+    seen: HashMap<String, (Option<FlowStatus>, Instant)>,
+    awaited: HashMap<String, oneshot::Sender<()>>,
+}
 
 /// Watches `wfm.flows` from its end: when each flow was first seen terminal.
 struct FlowWatcher {
-    seen: Sightings,
+    sightings: Arc<Mutex<Sightings>>,
     _task: tokio::task::JoinHandle<()>,
 }
 
 impl FlowWatcher {
     async fn start(kafka: &KafkaConfig) -> anyhow::Result<Self> {
         let consumer = assign_from_end(kafka, Topic::Flows).await?;
-        let seen: Sightings = Arc::default();
-        let sink = seen.clone();
+        let sightings: Arc<Mutex<Sightings>> = Arc::default();
+        let sink = sightings.clone();
         let task = tokio::spawn(async move {
             while let Ok(message) = consumer.recv().await {
                 let Some(key) = message
@@ -317,19 +312,41 @@ impl FlowWatcher {
                 if status == Some(FlowStatus::InProgress) {
                     continue;
                 }
-                sink.lock()
-                    .unwrap()
-                    .entry(key)
-                    .or_insert((status, Instant::now()));
+                let mut sink = sink.lock().unwrap();
+                if let Some(waiting) = sink.awaited.remove(&key) {
+                    let _ = waiting.send(());
+                }
+                sink.seen.entry(key).or_insert((status, Instant::now()));
             }
         });
-        Ok(Self { seen, _task: task })
+        Ok(Self {
+            sightings,
+            _task: task,
+        })
+    }
+
+    /// Returns once `flow_id` has been seen terminal, or at `deadline`.
+    async fn sighting(&self, flow_id: &str, deadline: Instant) {
+        let (waiting, sighted) = oneshot::channel();
+        {
+            let mut sightings = self.sightings.lock().unwrap();
+            if sightings.seen.contains_key(flow_id) {
+                return;
+            }
+            sightings.awaited.insert(flow_id.to_owned(), waiting);
+        }
+        if tokio::time::timeout_at(deadline.into(), sighted)
+            .await
+            .is_err()
+        {
+            self.sightings.lock().unwrap().awaited.remove(flow_id);
+        }
     }
 
     /// The terminal status (None once deleted) and when it was seen.
     fn finished(&self, flow_id: &str, deleted: bool) -> Option<(FlowStatus, Instant)> {
-        let seen = self.seen.lock().unwrap();
-        match seen.get(flow_id)? {
+        let sightings = self.sightings.lock().unwrap();
+        match sightings.seen.get(flow_id)? {
             (None, at) if deleted => Some((FlowStatus::Down, *at)),
             (Some(status), at) => Some((*status, *at)),
             (None, _) => None,
@@ -337,11 +354,12 @@ impl FlowWatcher {
     }
 
     fn status(&self, flow_id: &str) -> Option<FlowStatus> {
-        self.seen.lock().unwrap().get(flow_id).and_then(|(s, _)| *s)
+        let sightings = self.sightings.lock().unwrap();
+        sightings.seen.get(flow_id).and_then(|(s, _)| *s)
     }
 
     fn clear(&self) {
-        self.seen.lock().unwrap().clear();
+        *self.sightings.lock().unwrap() = Sightings::default();
     }
 }
 

@@ -11,15 +11,13 @@ use crate::system::System;
 
 const FLOWS: u64 = 6;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bench_reports_every_flow_it_created_and_deleted() {
-    let mut system = System::start().await;
-    system.start_component("northbound").await;
+/// Runs `wfm bench` with `args` against `system` and returns its JSON report.
+async fn bench(system: &System, args: &[&str]) -> Value {
     let kafka = &system.broker.kafka;
     let mut bench = tokio::process::Command::new(WFM);
     bench
         .args(["bench", "--url", &system.northbound_url])
-        .args(["--flows", &FLOWS.to_string(), "--concurrency", "3"])
+        .args(args)
         .args(["--pings", "20", "--timeout", "60s", "--json"])
         .env("WFM_LOG", "warn")
         .env("WFM_KAFKA_BROKERS", &kafka.brokers)
@@ -40,7 +38,16 @@ async fn bench_reports_every_flow_it_created_and_deleted() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let report: Value = serde_json::from_str(&stdout).expect("a JSON report");
+    serde_json::from_str(&stdout).expect("a JSON report")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_reports_every_flow_it_created_and_deleted() {
+    let mut system = System::start().await;
+    system.start_component("northbound").await;
+    let kafka = &system.broker.kafka;
+    let flows = FLOWS.to_string();
+    let report = bench(&system, &["--flows", &flows, "--concurrency", "3"]).await;
 
     for phase in ["create", "delete"] {
         let phase = &report[phase];
@@ -85,4 +92,30 @@ async fn bench_reports_every_flow_it_created_and_deleted() {
     let snapshot = wfm_check::collect(&sources).await.expect("system readable");
     let found = wfm_check::check(&snapshot, &Options { stuck_after_ms: 0 });
     assert!(found.is_clean(), "{:#?}", found.violations);
+}
+
+/// The latency the bench reports is that of a request alone in the system:
+/// with `--concurrency 1` a create starts only once the previous flow is up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_with_concurrency_one_runs_one_request_at_a_time() {
+    let mut system = System::start().await;
+    system.start_component("northbound").await;
+    let report = bench(&system, &["--flows", "3", "--concurrency", "1", "--keep"]).await;
+    assert_eq!(report["create"]["succeeded"], 3, "{report:#}");
+
+    let mut ids: Vec<String> = system.flows().await.into_keys().collect();
+    ids.sort_by_key(|id| id.rsplit('-').next().unwrap().parse::<u32>().unwrap());
+    let mut lifetimes = Vec::new();
+    for id in &ids {
+        let history = system.history(id).await;
+        let (first, last) = (history.first().unwrap(), history.last().unwrap());
+        lifetimes.push((first.at, last.at));
+    }
+    for pair in lifetimes.windows(2) {
+        let ((_, up), (next_start, _)) = (pair[0], pair[1]);
+        assert!(
+            next_start >= up,
+            "a create started at {next_start} before the previous flow was up at {up}: {lifetimes:?}"
+        );
+    }
 }
