@@ -25,7 +25,7 @@ use tokio::sync::oneshot;
 use wfm_protocol::flow::{FlowEndpoint, FlowStatus, FlowsMessage};
 use wfm_protocol::history::{HistoryEvent, HistoryMessage};
 use wfm_protocol::{Envelope, Topic};
-use wfm_runtime::producer::{client_config, reader_config};
+use wfm_runtime::producer::{acknowledged, client_config, reader_config};
 use wfm_runtime::{KafkaConfig, Outgoing, Producer};
 
 use super::system::Cluster;
@@ -411,8 +411,10 @@ async fn hop_floor(kafka: &KafkaConfig, pings: usize) -> anyhow::Result<Latencie
             partition: Some(0),
             value: Some(i.to_string().into_bytes()),
         };
+        // Timed like a hop of the system, which hands its record over and
+        // goes on: the acknowledgement is awaited only after the ping is back.
         let at = Instant::now();
-        producer.send(&ping).await?;
+        let delivery = producer.enqueue(&ping).await?;
         loop {
             let message = tokio::time::timeout(Duration::from_secs(10), consumer.recv())
                 .await
@@ -424,6 +426,7 @@ async fn hop_floor(kafka: &KafkaConfig, pings: usize) -> anyhow::Result<Latencie
         if i >= 10 {
             samples.push(at.elapsed());
         }
+        acknowledged(delivery).await?;
     }
     Latencies::of(&mut samples).context("no ping samples")
 }
