@@ -40,6 +40,12 @@ impl Driver {
     fn state(&self) -> String {
         self.request.state()
     }
+
+    /// The timeout of the request's registered timer.
+    fn timeout(&self) -> Event {
+        let timer = self.request.core().timer.expect("a timer is armed");
+        Event::Timeout { step: timer.step }
+    }
 }
 
 fn create_driver(
@@ -62,16 +68,6 @@ fn job(effects: &[Effect]) -> (String, Vec<SwitchOperation>) {
             _ => None,
         })
         .expect("a job was dispatched")
-}
-
-fn step_armed(effects: &[Effect]) -> u32 {
-    effects
-        .iter()
-        .find_map(|e| match e {
-            Effect::ArmTimeout { step, .. } => Some(*step),
-            _ => None,
-        })
-        .expect("a timer was armed")
 }
 
 fn completed(effects: &[Effect], failing: Option<usize>) -> Event {
@@ -184,12 +180,27 @@ fn create_walks_every_forward_state_to_up() {
         .any(|e| matches!(e, Effect::ArmTimeout { .. })));
 }
 
-/// One timer per request, moved along by each wait and cancelled once at the
-/// end: a cancel per step cost the coordinator a record per step.
+fn armed_steps(effects: &[Effect]) -> Vec<u32> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::ArmTimeout { step, .. } => Some(*step),
+            _ => None,
+        })
+        .collect()
+}
+
+/// One timer per request, cancelled once at the end. Forward steps that
+/// follow one another within a tenth of their time share its registration;
+/// a step that begins later moves it, under its own step.
 #[test]
-fn a_request_moves_one_timer_through_its_waits_and_cancels_it_at_the_end() {
-    let (mut d, mut effects) = create_until(0);
-    let mut armed = vec![step_armed(&effects)];
+fn forward_steps_share_one_timer_until_time_moves_it() {
+    let mut d = create_driver(endpoint("A", 10, 100), endpoint("C", 20, 0));
+    let mut effects = d.feed(Event::Start { existing: None });
+    let mut armed = armed_steps(&effects);
+    effects = d.feed(allocated());
+    armed.extend(armed_steps(&effects));
+    let mut jobs = 0;
     while !d.request.is_terminal() {
         assert!(
             !effects
@@ -197,19 +208,34 @@ fn a_request_moves_one_timer_through_its_waits_and_cancels_it_at_the_end() {
                 .any(|e| matches!(e, Effect::CancelTimeout { .. })),
             "no cancel between waits: {effects:?}"
         );
-        let event = completed(&effects, None);
-        effects = d.feed(event);
-        armed.extend(effects.iter().filter_map(|e| match e {
-            Effect::ArmTimeout { step, .. } => Some(*step),
+        let timer = d.request.core().timer.expect("a timer is armed");
+        let job_deadline = effects.iter().find_map(|e| match e {
+            Effect::RunJob { deadline, .. } => Some(*deadline),
             _ => None,
-        }));
+        });
+        assert!(
+            job_deadline.expect("a job") < timer.deadline,
+            "the worker gives up before the hub's timer fires"
+        );
+        if jobs == 1 {
+            // The second job took a fifth of its step's time.
+            d.now += T.step_ms / 5;
+        }
+        effects = d.feed(completed(&effects, None));
+        armed.extend(armed_steps(&effects));
+        jobs += 1;
     }
-    assert_eq!(armed, [2, 3, 4, 5], "each wait re-arms under its own step");
+    assert_eq!(
+        armed,
+        [1, 4],
+        "allocation arms it, the step after the slow job moves it"
+    );
     let cancels: Vec<_> = effects
         .iter()
         .filter(|e| matches!(e, Effect::CancelTimeout { .. }))
         .collect();
     assert_eq!(cancels, [&Effect::CancelTimeout { step: 5 }]);
+    assert_eq!(d.request.core().timer, None);
 }
 
 #[test]
@@ -288,9 +314,8 @@ fn a_failed_install_rolls_back_to_down() {
 #[test]
 fn a_timeout_in_any_forward_state_rolls_back() {
     for jobs_ok in 0..4 {
-        let (mut d, effects) = create_until(jobs_ok);
-        let step = step_armed(&effects);
-        d.feed(Event::Timeout { step });
+        let (mut d, _) = create_until(jobs_ok);
+        d.feed(d.timeout());
         assert_eq!(create_state(&d), "RemovingRules", "after {jobs_ok} jobs");
     }
 }
@@ -298,11 +323,13 @@ fn a_timeout_in_any_forward_state_rolls_back() {
 #[test]
 fn stale_timeouts_and_job_results_are_ignored() {
     let (mut d, first) = create_until(0);
-    let stale_step = step_armed(&first);
+    let stale = d.timeout();
+    // The next step begins late enough to move the timer.
+    d.now += T.step_ms / 5;
     d.feed(completed(&first, None));
     assert_eq!(create_state(&d), "ValidatingNonIngress");
-    // The timer of the previous step and a duplicate of its result do nothing.
-    assert!(d.feed(Event::Timeout { step: stale_step }).is_empty());
+    // The timer's earlier registration and a duplicate result do nothing.
+    assert!(d.feed(stale).is_empty());
     assert!(d.feed(completed(&first, None)).is_empty());
     assert_eq!(create_state(&d), "ValidatingNonIngress");
     // Another request's allocation does nothing either.
@@ -314,10 +341,8 @@ fn stale_timeouts_and_job_results_are_ignored() {
 #[test]
 fn allocation_timeout_frees_resources_it_may_have_got() {
     let mut d = create_driver(endpoint("A", 1, 0), endpoint("C", 1, 0));
-    let effects = d.feed(Event::Start { existing: None });
-    let effects = d.feed(Event::Timeout {
-        step: step_armed(&effects),
-    });
+    d.feed(Event::Start { existing: None });
+    let effects = d.feed(d.timeout());
     assert_eq!(create_state(&d), "DeallocatingResources");
     assert!(matches!(
         reply(&effects),
@@ -333,22 +358,18 @@ fn allocation_timeout_frees_resources_it_may_have_got() {
 
 #[test]
 fn rollback_has_its_own_timeouts_and_always_terminates() {
-    let (mut d, effects) = create_until(1);
-    let mut effects = d.feed(Event::Timeout {
-        step: step_armed(&effects),
-    });
+    let (mut d, _) = create_until(1);
+    let effects = d.feed(d.timeout());
     assert_eq!(create_state(&d), "RemovingRules");
+    // The timer that fired is never shared: rollback registers its own.
+    assert_eq!(armed_steps(&effects).len(), 1, "{effects:?}");
     // Removal never answers: retried, then given up on. Rules may still be
     // there, so the flow keeps its resources and is FAILED for repair.
     for _ in 0..T.rollback_retries {
-        effects = d.feed(Event::Timeout {
-            step: step_armed(&effects),
-        });
+        d.feed(d.timeout());
         assert_eq!(create_state(&d), "RemovingRules");
     }
-    let effects = d.feed(Event::Timeout {
-        step: step_armed(&effects),
-    });
+    let effects = d.feed(d.timeout());
     assert_eq!(create_state(&d), "FinishedWithError");
     assert_eq!(saved_status(&effects), Some(FlowStatus::Failed));
     assert!(!effects.iter().any(|e| matches!(e, Effect::Deallocate)));
@@ -358,18 +379,14 @@ fn rollback_has_its_own_timeouts_and_always_terminates() {
 fn deallocation_that_never_answers_ends_failed() {
     let (mut d, effects) = create_until(1);
     let effects = d.feed(completed(&effects, Some(0)));
-    let mut effects = d.feed(completed(&effects, None));
+    d.feed(completed(&effects, None));
     assert_eq!(create_state(&d), "DeallocatingResources");
     for _ in 0..T.rollback_retries {
-        effects = d.feed(Event::Timeout {
-            step: step_armed(&effects),
-        });
+        let effects = d.feed(d.timeout());
         assert!(effects.iter().any(|e| matches!(e, Effect::Deallocate)));
         assert_eq!(create_state(&d), "DeallocatingResources");
     }
-    let effects = d.feed(Event::Timeout {
-        step: step_armed(&effects),
-    });
+    let effects = d.feed(d.timeout());
     assert_eq!(create_state(&d), "FinishedWithError");
     assert_eq!(saved_status(&effects), Some(FlowStatus::Failed));
 }
@@ -537,9 +554,7 @@ fn a_delete_that_times_out_ends_failed() {
         existing: Some(flow_record(FlowStatus::Down)),
     });
     for _ in 0..=T.rollback_retries {
-        effects = d.feed(Event::Timeout {
-            step: step_armed(&effects),
-        });
+        effects = d.feed(d.timeout());
     }
     assert_eq!(d.state(), "FinishedWithError");
     assert_eq!(saved_status(&effects), Some(FlowStatus::Failed));
@@ -585,7 +600,12 @@ fn explore(
                         request_id: "r1".into(),
                     },
                 ),
-                ("timeout", Event::Timeout { step: core.step }),
+                (
+                    "timeout",
+                    Event::Timeout {
+                        step: core.timer.map_or(core.step, |timer| timer.step),
+                    },
+                ),
             ];
             if effects.iter().any(|e| matches!(e, Effect::RunJob { .. })) {
                 events.push(("job done", completed(&effects, None)));
