@@ -127,6 +127,15 @@ mod tests {
         Cli::command().debug_assert();
     }
 
+    /// Zero would mean "no bound" to the stream that sends the requests.
+    #[test]
+    fn bench_needs_at_least_one_request_in_flight() {
+        use clap::Parser;
+        let error = Cli::try_parse_from(["wfm", "bench", "--concurrency", "0"]).unwrap_err();
+        assert!(error.to_string().contains("--concurrency"), "{error}");
+        assert!(Cli::try_parse_from(["wfm", "bench", "--concurrency", "1"]).is_ok());
+    }
+
     #[test]
     fn properties_parse() {
         assert_eq!(parse_property("a.b=1").unwrap(), ("a.b".into(), "1".into()));

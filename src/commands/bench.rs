@@ -45,7 +45,8 @@ pub struct BenchArgs {
     /// Requests in flight at once, end to end: a request holds its slot until
     /// its flow reaches a terminal state (or its call fails), so that
     /// `--concurrency 1` measures one request alone in the system.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub concurrency: usize,
     /// Hop-floor samples.
     #[arg(long, default_value_t = 200)]
