@@ -6,28 +6,19 @@ use std::time::Duration;
 use serde_json::Value;
 use wfm_check::{Options, Sources};
 
-use crate::harness::WFM;
+use crate::harness::wfm_command;
 use crate::system::System;
 
 const FLOWS: u64 = 6;
 
 /// Runs `wfm bench` with `args` against `system` and returns its JSON report.
 async fn bench(system: &System, args: &[&str]) -> Value {
-    let kafka = &system.broker.kafka;
-    let mut bench = tokio::process::Command::new(WFM);
+    let mut bench = wfm_command(Some(&system.broker.kafka));
     bench
         .args(["bench", "--url", &system.northbound_url])
         .args(args)
         .args(["--pings", "20", "--timeout", "60s", "--json"])
-        .env("WFM_LOG", "warn")
-        .env("WFM_KAFKA_BROKERS", &kafka.brokers)
-        .env("WFM_TOPIC_PREFIX", &kafka.topic_prefix);
-    for (key, value) in &kafka.client {
-        bench.arg("-X").arg(format!("{key}={value}"));
-    }
-    for (key, value) in &kafka.consumer {
-        bench.arg("-C").arg(format!("{key}={value}"));
-    }
+        .env("WFM_LOG", "warn");
     let output = tokio::time::timeout(Duration::from_secs(240), bench.output())
         .await
         .expect("bench ends")

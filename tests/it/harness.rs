@@ -25,6 +25,23 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// `wfm`, pointed at `kafka`'s broker, topics and client settings when given
+/// (a subcommand and its arguments follow).
+pub fn wfm_command(kafka: Option<&KafkaConfig>) -> Command {
+    let mut command = Command::new(WFM);
+    if let Some(kafka) = kafka {
+        command.env("WFM_KAFKA_BROKERS", &kafka.brokers);
+        command.env("WFM_TOPIC_PREFIX", &kafka.topic_prefix);
+        for (key, value) in &kafka.client {
+            command.arg("-X").arg(format!("{key}={value}"));
+        }
+        for (key, value) in &kafka.consumer {
+            command.arg("-C").arg(format!("{key}={value}"));
+        }
+    }
+    command
+}
+
 /// A `wfm` process; killed with SIGKILL when dropped.
 pub struct WfmProcess {
     pub child: Child,
@@ -43,7 +60,7 @@ impl WfmProcess {
         kafka: Option<&KafkaConfig>,
         env: &[(&str, &str)],
     ) -> Self {
-        let mut command = Command::new(WFM);
+        let mut command = wfm_command(kafka);
         command
             .args(args)
             .envs(env.iter().copied())
@@ -54,16 +71,6 @@ impl WfmProcess {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
-        if let Some(kafka) = kafka {
-            command.env("WFM_KAFKA_BROKERS", &kafka.brokers);
-            command.env("WFM_TOPIC_PREFIX", &kafka.topic_prefix);
-            for (key, value) in &kafka.client {
-                command.arg("-X").arg(format!("{key}={value}"));
-            }
-            for (key, value) in &kafka.consumer {
-                command.arg("-C").arg(format!("{key}={value}"));
-            }
-        }
         let mut child = command.spawn().expect("wfm binary spawns");
         let registered =
             watchdog().register(Watched::Process(child.id().expect("a running child")));

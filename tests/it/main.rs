@@ -3,6 +3,7 @@
 mod bench;
 mod broker;
 mod chaos;
+mod check;
 mod coordinator;
 mod harness;
 mod hub;
