@@ -298,7 +298,13 @@ async fn main() -> anyhow::Result<()> {
         .collect();
     for created in admin
         .create_topics(new_topics.iter(), &AdminOptions::new())
-        .await?
+        .await
+        .with_context(|| {
+            format!(
+                "no broker answered at {} (start one with `wfm broker --ephemeral`)",
+                args.brokers
+            )
+        })?
     {
         created.map_err(|(topic, code)| anyhow::anyhow!("cannot create {topic}: {code}"))?;
     }
